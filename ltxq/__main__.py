@@ -1,0 +1,3 @@
+from ltxq.cli import main
+
+main()

@@ -1,0 +1,339 @@
+"""The training config model: one frozen dataclass per TOML section, no torch.
+
+Every field carries its documentation in `metadata["doc"]`; `parse_config` turns a TOML
+dict into a `TrainingConfig`, refusing unknown keys, wrong types and out-of-range values
+with a `ConfigError` that names the key (`optimization.steps`). The queue validates with it
+on submit, the trainer reads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ltxq.errors import ConfigError
+
+TINY_RANDOM = "tiny-random"
+DEFAULT_NEGATIVE_PROMPT = "worst quality, inconsistent motion, blurry, jittery, distorted"
+TARGET_MODULES = ("to_k", "to_q", "to_v", "to_out.0")
+
+
+def _doc(text: str, default: Any = dataclasses.MISSING, **check: Any) -> Any:
+    """Declare a field with its documentation and range checks (min, max, choices)."""
+    meta = {"doc": text, **check}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """A resolution bucket, WIDTHxHEIGHTxFRAMES."""
+
+    width: int
+    height: int
+    frames: int
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}x{self.frames}"
+
+    @classmethod
+    def parse(cls, text: str) -> Resolution:
+        """Parse "768x448x89"; sides multiples of 32, frames 8k+1 (1 for images)."""
+        m = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*x\s*(\d+)\s*", text)
+        if not m:
+            raise ValueError(f"expected WIDTHxHEIGHTxFRAMES such as 768x448x89, got {text!r}")
+        w, h, f = (int(g) for g in m.groups())
+        if w <= 0 or h <= 0 or w % 32 or h % 32:
+            raise ValueError(f"width and height must be positive multiples of 32, got {w}x{h}")
+        if f < 1 or (f - 1) % 8:
+            raise ValueError(f"frames must be 8k+1 (1, 9, 17, 25, ...), got {f}")
+        return cls(w, h, f)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    source: str = _doc("Hub id, local diffusers folder, or the built-in 'tiny-random'.",
+                       "Lightricks/LTX-Video")
+    revision: str | None = _doc("Hub revision (branch, tag or commit) of a hub id.", None)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = _doc("Folder of videos/images with captions; relative to the config file.")
+    resolution: str = _doc("Bucket WIDTHxHEIGHTxFRAMES; sides multiples of 32, frames 8k+1.",
+                           "768x448x89")
+    frame_rate: float = _doc("Frame rate the clips are treated as (RoPE time scale).", 25.0,
+                             min=1.0)
+    caption_prefix: str = _doc("Text put before every caption (a trigger word).", "")
+
+    @property
+    def bucket(self) -> Resolution:
+        return Resolution.parse(self.resolution)
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    rank: int = _doc("LoRA rank.", 32, min=1, max=1024)
+    alpha: float | None = _doc("LoRA alpha; defaults to the rank (scale 1).", None, min=0.0)
+    dropout: float = _doc("Dropout on the LoRA path.", 0.0, min=0.0, max=0.99)
+    target_modules: list[str] = _doc("Attention projections that get adapters.",
+                                     list(TARGET_MODULES))
+
+    @property
+    def effective_alpha(self) -> float:
+        return float(self.rank if self.alpha is None else self.alpha)
+
+
+@dataclass(frozen=True)
+class OptimizationConfig:
+    steps: int = _doc("Optimizer steps in total.", 1500, min=1)
+    learning_rate: float = _doc("Peak learning rate of AdamW.", 2e-4, min=0.0, max=1.0)
+    batch_size: int = _doc("Samples per micro-batch.", 1, min=1)
+    gradient_accumulation_steps: int = _doc("Micro-batches per optimizer step.", 1, min=1)
+    seed: int = _doc("Seed of LoRA init, data order, noise and sigmas.", 42, min=0)
+    scheduler: str = _doc("LR schedule after warmup: linear (1.0 -> 0.1), cosine, constant.",
+                          "linear", choices=("linear", "cosine", "constant"))
+    warmup_steps: int = _doc("Steps of linear warmup from 0.", 0, min=0)
+    max_grad_norm: float = _doc("Gradient clipping norm; 0 disables.", 1.0, min=0.0)
+    weight_decay: float = _doc("AdamW weight decay.", 0.01, min=0.0)
+    timestep_sampling: str = _doc("Sigma sampling: shifted_logit_normal or uniform.",
+                                  "shifted_logit_normal",
+                                  choices=("shifted_logit_normal", "uniform"))
+    first_frame_conditioning_p: float = _doc(
+        "Probability that the first frame stays clean and out of the loss.", 0.1,
+        min=0.0, max=1.0)
+    mixed_precision: str = _doc("auto (bf16 on GPU, fp32 on CPU), no, fp16 or bf16.", "auto",
+                                choices=("auto", "no", "fp16", "bf16"))
+    gradient_checkpointing: bool = _doc("Recompute activations to save GPU memory.", False)
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    prompts: list[str] = _doc("Prompts rendered to validation videos; empty disables.", [])
+    negative_prompt: str = _doc("Negative prompt of the validation sampler.",
+                                DEFAULT_NEGATIVE_PROMPT)
+    interval: int = _doc("Steps between validation videos; 0 = only at the end.", 100, min=0)
+    inference_steps: int = _doc("Denoising steps per validation video.", 50, min=1)
+    guidance_scale: float = _doc("Classifier-free guidance scale.", 3.5, min=0.0)
+    video: str = _doc("Validation video size WIDTHxHEIGHTxFRAMES.", "768x448x89")
+    seed: int = _doc("Seed of the validation noise.", 42, min=0)
+    frame_rate: float = _doc("Frame rate of the written mp4.", 25.0, min=1.0)
+
+    @property
+    def size(self) -> Resolution:
+        return Resolution.parse(self.video)
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    interval: int = _doc("Steps between checkpoints; 0 = only on stop and at the end.", 250,
+                         min=0)
+    keep_last: int = _doc("Checkpoint folders kept; older ones are deleted.", 2, min=1)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    root: str = _doc("Folder that holds lora_r{rank}_job{id}/; relative to the config file.",
+                     "outputs")
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    processes: int = _doc("Data-parallel ranks for this job (one per GPU).", 1, min=1, max=64)
+    partition: str | None = _doc("Slurm partition (slurm executor only).", None)
+    gpus: int | None = _doc("GPUs per Slurm job; defaults to processes on GPU machines.", None,
+                            min=0)
+    time_limit: str | None = _doc("Slurm time limit, e.g. 04:00:00.", None)
+    sbatch_args: list[str] = _doc("Extra sbatch arguments.", [])
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(dataset=""))
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+
+SECTIONS: dict[str, type] = typing.get_type_hints(TrainingConfig)
+
+
+def parse_config(raw: dict[str, Any], *, base_dir: Path | None = None,
+                 require_dataset_exists: bool = False) -> TrainingConfig:
+    """Validate the training sections of RAW (a TOML dict without [job]).
+
+    Relative `data.dataset`, `output.root` and local `model.source` paths are resolved
+    against BASE_DIR when given. Raises ConfigError naming the first bad key.
+    """
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown section (known: {', '.join(SECTIONS)})", key=unknown[0])
+    sections = {}
+    for name, cls in SECTIONS.items():
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError("must be a table", key=name)
+        sections[name] = _parse_section(cls, table, name)
+    config = TrainingConfig(**sections)
+    if base_dir is not None:
+        config = resolve_paths(config, base_dir)
+    _check_cross_fields(config, require_dataset_exists)
+    return config
+
+
+def resolve_paths(config: TrainingConfig, base_dir: Path) -> TrainingConfig:
+    """Return CONFIG with relative dataset, output root and local model paths made absolute."""
+    def absolute(p: str) -> str:
+        return str((base_dir / Path(p).expanduser()).resolve()) if p else p
+
+    data = dataclasses.replace(config.data, dataset=absolute(config.data.dataset))
+    output = dataclasses.replace(config.output, root=absolute(config.output.root))
+    model = config.model
+    if looks_like_local_path(model.source, base_dir):
+        model = dataclasses.replace(model, source=absolute(model.source))
+    return dataclasses.replace(config, data=data, output=output, model=model)
+
+
+def looks_like_local_path(source: str, base_dir: Path | None = None) -> bool:
+    """Tell a local diffusers folder from a hub id ("org/name") or the built-in model."""
+    if source == TINY_RANDOM:
+        return False
+    if source.startswith(("/", ".", "~")):
+        return True
+    return base_dir is not None and (base_dir / source).exists()
+
+
+def config_to_dict(config: TrainingConfig) -> dict[str, Any]:
+    """Return CONFIG as a TOML-ready dict (None values left out)."""
+    def clean(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {k: clean(v) for k, v in obj.items() if v is not None}
+        return obj
+    return clean(dataclasses.asdict(config))
+
+
+def describe_fields() -> list[tuple[str, str, Any, str]]:
+    """List (key, type, default, doc) of every config field, for docs and `--help`."""
+    rows = []
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            default = (f.default if f.default is not dataclasses.MISSING else
+                       f.default_factory() if f.default_factory is not dataclasses.MISSING
+                       else "(required)")
+            rows.append((f"{section}.{f.name}", _type_name(hints[f.name]), default,
+                         f.metadata.get("doc", "")))
+    return rows
+
+
+# --- parsing helpers -------------------------------------------------------------------
+
+
+def _parse_section(cls: type, table: dict[str, Any], section: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in fields:
+            raise ConfigError(f"unknown key (known: {', '.join(fields)})", key=f"{section}.{key}")
+    values = {}
+    for name, f in fields.items():
+        key = f"{section}.{name}"
+        if name not in table:
+            if (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                    and section != "data"):
+                raise ConfigError("is required", key=key)
+            continue
+        values[name] = _check_value(table[name], hints[name], f.metadata, key)
+    if section == "data" and "dataset" not in values:
+        raise ConfigError("is required (the folder of training videos)", key=f"{section}.dataset")
+    return cls(**values)
+
+
+def _check_value(value: Any, hint: Any, meta: dict[str, Any], key: str) -> Any:
+    value = _check_type(value, hint, key)
+    if value is None:
+        return value
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if "choices" in meta and item not in meta["choices"]:
+            raise ConfigError(f"must be one of {', '.join(meta['choices'])}, got {item!r}",
+                              key=key)
+        if "min" in meta and item < meta["min"]:
+            raise ConfigError(f"must be >= {meta['min']}, got {item!r}", key=key)
+        if "max" in meta and item > meta["max"]:
+            raise ConfigError(f"must be <= {meta['max']}, got {item!r}", key=key)
+    return value
+
+
+def _check_type(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        inner = [o for o in options if o is not type(None)]
+        return _check_type(value, inner[0], key)
+    if origin is list:
+        (item_type,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"must be a list of {_type_name(item_type)}, got {value!r}", key=key)
+        return [_check_type(v, item_type, key) for v in value]
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"must be a number, got {value!r}", key=key)
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"must be an integer, got {value!r}", key=key)
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"must be true or false, got {value!r}", key=key)
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"must be a string, got {value!r}", key=key)
+        return value
+    raise TypeError(f"unsupported config type {hint!r} for {key}")  # a bug in this module
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(hint) if a is not type(None))
+    if origin is list:
+        return f"list[{_type_name(typing.get_args(hint)[0])}]"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _check_cross_fields(config: TrainingConfig, require_dataset_exists: bool) -> None:
+    for key, text in (("data.resolution", config.data.resolution),
+                      ("validation.video", config.validation.video)):
+        try:
+            Resolution.parse(text)
+        except ValueError as e:
+            raise ConfigError(str(e), key=key) from None
+    steps = config.optimization.steps
+    for key, interval in (("validation.interval", config.validation.interval),
+                          ("checkpoints.interval", config.checkpoints.interval)):
+        if interval > steps:
+            raise ConfigError(f"must be <= optimization.steps ({steps}), got {interval}", key=key)
+    if config.optimization.warmup_steps >= steps and config.optimization.warmup_steps:
+        raise ConfigError(f"must be < optimization.steps ({steps})",
+                          key="optimization.warmup_steps")
+    if not config.lora.target_modules:
+        raise ConfigError("must name at least one module", key="lora.target_modules")
+    if require_dataset_exists:
+        dataset = Path(config.data.dataset)
+        if not dataset.is_dir():
+            raise ConfigError(f"dataset folder not found: {dataset}", key="data.dataset")

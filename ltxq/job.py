@@ -1,0 +1,173 @@
+"""The job file: TOML text <-> a validated Job (the user's training config + [job] table).
+
+No filesystem, no torch. The training sections are kept as the user wrote them (only
+relative paths made absolute), so a job file stays short and readable; `Job.config` is the
+validated, typed view with every default filled in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from ltxq.config import TrainingConfig, _check_value, parse_config
+from ltxq.errors import ConfigError
+
+# [job] keys a user may set in a submitted file; the rest are ltxq's bookkeeping.
+USER_JOB_KEYS = ("name", "priority", "max_attempts", "after", "on_finish")
+
+
+@dataclass(frozen=True)
+class JobMeta:
+    """The [job] table ltxq keeps in every job file. The state is the file's folder."""
+
+    id: int | None = None
+    name: str = ""
+    priority: int = 0
+    max_attempts: int = 3
+    attempts: int = 0
+    after: list[int] = field(default_factory=list)
+    on_finish: str | None = None
+    submitted_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    worker: str | None = None
+    device: str | None = None
+    error: str | None = None
+    output_dir: str | None = None
+    checkpoint: str | None = None
+    validation_sample: str | None = None
+    step: int | None = None
+    slurm_job_id: str | None = None
+
+
+_META_RULES: dict[str, dict[str, Any]] = {
+    "priority": {"min": -1_000_000, "max": 1_000_000},
+    "max_attempts": {"min": 1, "max": 1000},
+    "attempts": {"min": 0},
+    "id": {"min": 1},
+    "after": {"min": 1},
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    """A parsed job file."""
+
+    meta: JobMeta
+    raw: dict[str, Any]          # the training sections as written (paths made absolute)
+    config: TrainingConfig
+
+    @property
+    def id(self) -> int:
+        assert self.meta.id is not None
+        return self.meta.id
+
+    def with_meta(self, **changes: Any) -> Job:
+        """Return a copy with [job] fields changed."""
+        return dataclasses.replace(self, meta=dataclasses.replace(self.meta, **changes))
+
+    def with_raw(self, raw: dict[str, Any], base_dir: Path | None = None) -> Job:
+        """Return a copy with new training sections, validated."""
+        return dataclasses.replace(self, raw=raw, config=parse_config(raw, base_dir=base_dir))
+
+    def fingerprint(self) -> str:
+        """Hash of the training config (defaults filled), for duplicate detection."""
+        text = json.dumps(dataclasses.asdict(self.config), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def output_dir(self) -> Path:
+        """Where this job's outputs go: {output.root}/lora_r{rank}_job{id}/."""
+        if self.meta.output_dir:
+            return Path(self.meta.output_dir)
+        return Path(self.config.output.root) / f"lora_r{self.config.lora.rank}_job{self.id}"
+
+
+def parse_job(text: str | bytes, *, file: Path | str | None = None,
+              base_dir: Path | None = None, require_dataset_exists: bool = False) -> Job:
+    """Parse and validate a job file's text; relative paths resolve against BASE_DIR."""
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        doc = tomllib.loads(text)
+    except UnicodeDecodeError:
+        raise ConfigError("not UTF-8 text", file=file) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"invalid TOML: {e}", file=file) from None
+    return job_from_dict(doc, file=file, base_dir=base_dir,
+                         require_dataset_exists=require_dataset_exists)
+
+
+def job_from_dict(doc: dict[str, Any], *, file: Path | str | None = None,
+                  base_dir: Path | None = None, require_dataset_exists: bool = False) -> Job:
+    """Validate a TOML dict (training sections plus optional [job])."""
+    doc = dict(doc)
+    try:
+        meta = parse_meta(doc.pop("job", {}))
+        config = parse_config(doc, base_dir=base_dir,
+                              require_dataset_exists=require_dataset_exists)
+    except ConfigError as e:
+        raise e.with_file(file) if file else e from None
+    raw = _absolutize_raw(doc, config)
+    return Job(meta=meta, raw=raw, config=config)
+
+
+def parse_meta(table: Any) -> JobMeta:
+    """Validate a [job] table."""
+    if not isinstance(table, dict):
+        raise ConfigError("must be a table", key="job")
+    known = {f.name for f in dataclasses.fields(JobMeta)}
+    values = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"unknown key (known: {', '.join(USER_JOB_KEYS)}, ...)",
+                              key=f"job.{key}")
+        hint = _META_TYPES[key]
+        if hint is datetime:
+            if not isinstance(value, datetime):
+                raise ConfigError(f"must be a date-time, got {value!r}", key=f"job.{key}")
+            values[key] = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+            continue
+        values[key] = _check_value(value, hint, _META_RULES.get(key, {}), f"job.{key}")
+    return JobMeta(**values)
+
+
+_META_TYPES: dict[str, Any] = {
+    "id": int | None, "name": str, "priority": int, "max_attempts": int, "attempts": int,
+    "after": list[int], "on_finish": str | None, "submitted_at": datetime,
+    "started_at": datetime, "finished_at": datetime, "worker": str | None,
+    "device": str | None, "error": str | None, "output_dir": str | None,
+    "checkpoint": str | None, "validation_sample": str | None, "step": int | None,
+    "slurm_job_id": str | None,
+}
+
+
+def dump_job(job: Job) -> str:
+    """Render JOB as TOML text: [job] first, then the training sections."""
+    meta = {k: v for k, v in dataclasses.asdict(job.meta).items()
+            if v is not None and v != [] and not (k == "error" and v == "")}
+    return tomli_w.dumps({"job": meta, **job.raw})
+
+
+def _absolutize_raw(doc: dict[str, Any], config: TrainingConfig) -> dict[str, Any]:
+    """Copy DOC with the paths the config resolved written back, so the file is portable."""
+    raw = json.loads(json.dumps(doc, default=str))  # deep copy of plain TOML data
+    raw.setdefault("data", {})["dataset"] = config.data.dataset
+    if "output" in raw or config.output.root != "outputs":
+        raw.setdefault("output", {})["root"] = config.output.root
+    if "model" in raw and "source" in raw["model"]:
+        raw["model"]["source"] = config.model.source
+    return raw
+
+
+def now() -> datetime:
+    """The current time, UTC, to the second (what job files record)."""
+    return datetime.now(timezone.utc).replace(microsecond=0)
