@@ -1,0 +1,120 @@
+"""Decode videos and images and fit them to a resolution bucket.
+
+Decoding uses imageio: ffmpeg (the imageio-ffmpeg binary; there is no system ffmpeg) for
+videos, Pillow for images and GIFs. Only the frames a bucket needs are decoded, so a long
+video costs no more than a short one. Every problem with one file is a `MediaError` whose
+text says why, so the caller can skip the file by name and go on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ltxq.config import Resolution
+
+VIDEO_EXTENSIONS = frozenset({".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v", ".mpg",
+                              ".mpeg", ".wmv", ".flv", ".ogv", ".3gp", ".ts"})
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
+# GIFs may be animated: decoded with Pillow, then treated as videos (or images if 1 frame).
+ANIMATED_EXTENSIONS = frozenset({".gif"})
+MEDIA_EXTENSIONS = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS | ANIMATED_EXTENSIONS
+
+
+class MediaError(Exception):
+    """One media file cannot be used; the text is the reason shown next to its name."""
+
+
+def is_media(path: Path) -> bool:
+    """Tell whether PATH has a video or image extension we decode."""
+    return path.suffix.lower() in MEDIA_EXTENSIONS
+
+
+def read_frames(path: Path, max_frames: int) -> np.ndarray:
+    """Decode at most MAX_FRAMES frames of PATH as uint8 RGB [F, H, W, 3]."""
+    import imageio.v2 as iio
+
+    suffix = path.suffix.lower()
+    frames: list[np.ndarray] = []
+    try:
+        if suffix in IMAGE_EXTENSIONS:
+            frames.append(iio.imread(path))
+        else:
+            plugin = "FFMPEG" if suffix in VIDEO_EXTENSIONS else None
+            reader = iio.get_reader(path, format=plugin) if plugin else iio.get_reader(path)
+            try:
+                for frame in reader:
+                    frames.append(np.asarray(frame))
+                    if len(frames) >= max_frames:
+                        break
+            finally:
+                reader.close()
+    except Exception as e:  # noqa: BLE001 - decoders raise anything on bad bytes
+        raise MediaError(f"unreadable ({_first_line(e)})") from None
+    if not frames:
+        raise MediaError("unreadable (no frames)")
+    return np.stack([_to_rgb(f) for f in frames])
+
+
+def _to_rgb(frame: np.ndarray) -> np.ndarray:
+    """Return FRAME as uint8 [H, W, 3]: grey is repeated, alpha dropped, 16-bit scaled."""
+    if frame.dtype == np.uint16:
+        frame = (frame // 257).astype(np.uint8)
+    elif frame.dtype != np.uint8:
+        frame = np.clip(frame, 0, 255).astype(np.uint8)
+    if frame.ndim == 2:
+        frame = frame[:, :, None]
+    if frame.shape[2] == 1:
+        frame = np.repeat(frame, 3, axis=2)
+    elif frame.shape[2] == 2:  # grey + alpha
+        frame = np.repeat(frame[:, :, :1], 3, axis=2)
+    return np.ascontiguousarray(frame[:, :, :3])
+
+
+def fit_to_bucket(frames: np.ndarray, width: int, height: int) -> torch.Tensor:
+    """Resize uint8 [F, H, W, 3] to cover WIDTHxHEIGHT keeping the aspect ratio, then
+    centre-crop; return float32 [3, F, HEIGHT, WIDTH] in [-1, 1] (the VAE's input range)."""
+    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    src_h, src_w = video.shape[-2:]
+    scale = max(width / src_w, height / src_h)
+    # round() can land one pixel short of the bucket; max() keeps the cover property.
+    new_w = max(width, round(src_w * scale))
+    new_h = max(height, round(src_h * scale))
+    if (new_h, new_w) != (src_h, src_w):
+        # antialias: a plain bilinear downscale aliases fine detail into flicker.
+        video = F.interpolate(video, size=(new_h, new_w), mode="bilinear",
+                              align_corners=False, antialias=True)
+    top = (new_h - height) // 2
+    left = (new_w - width) // 2
+    video = video[:, :, top:top + height, left:left + width]
+    video = (video / 127.5 - 1.0).clamp(-1.0, 1.0)
+    return video.permute(1, 0, 2, 3).contiguous()
+
+
+def load_clip(path: Path, bucket: Resolution) -> torch.Tensor:
+    """Decode PATH and fit it to BUCKET: float32 [3, frames, height, width] in [-1, 1].
+
+    Videos are cut to their first `bucket.frames` frames; a shorter video is refused.
+    Images are 1-frame clips, so they only fit buckets with frames == 1.
+    """
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_EXTENSIONS and bucket.frames > 1:
+        raise MediaError(f"an image, but the bucket {bucket} needs {bucket.frames} frames "
+                         "(use a ...x1 resolution for image datasets)")
+    frames = read_frames(path, bucket.frames)
+    if len(frames) < bucket.frames:
+        if len(frames) == 1 and suffix in ANIMATED_EXTENSIONS:
+            raise MediaError(f"a still image, but the bucket {bucket} needs "
+                             f"{bucket.frames} frames")
+        raise MediaError(f"too short: {len(frames)} frames, the bucket {bucket} needs "
+                         f"{bucket.frames}")
+    return fit_to_bucket(frames[:bucket.frames], bucket.width, bucket.height)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    return line if len(line) <= 160 else line[:157] + "..."
