@@ -18,9 +18,9 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -283,28 +283,14 @@ def _discard(folder: Path, why: str, log: Log) -> None:
 def _publish(root: Path, key: str, prepared: PreparedDataset, settings: dict[str, object],
              dataset: Path, log: Log) -> Path:
     """Write PREPARED as ROOT/KEY atomically and return that folder."""
-    root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(root)
     final = root / key
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=root))
+    # Not mkdtemp: its 0700 would make a cache shared by several users' daemons private.
+    tmp = root / f".tmp-{key}-{os.getpid()}-{secrets.token_hex(4)}"
     try:
-        # mkdtemp makes it private (0700); a published cache follows the umask like any folder.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        entries = []
-        for i, s in enumerate(prepared.samples):
-            name = f"{i:06d}.safetensors"
-            save_file({"latents": s.latents, "prompt_embeds": s.prompt_embeds,
-                       "prompt_mask": s.prompt_mask}, str(tmp / name))
-            _fsync_file(tmp / name)
-            entries.append({"file": name, "source": s.source, "caption": s.caption})
-        manifest = {**settings, "key": key, "dataset": str(dataset),
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "samples": entries,
-                    "skipped": [{"source": n, "reason": r} for n, r in prepared.skipped]}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-        _fsync_file(tmp / MANIFEST)
-        _fsync_file(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        _remove_stale_tmp(root)
+        tmp.mkdir()
+        _write_folder(tmp, key, prepared, settings, dataset)
         try:
             os.rename(tmp, final)
         except OSError:
@@ -319,8 +305,26 @@ def _publish(root: Path, key: str, prepared: PreparedDataset, settings: dict[str
         # Training can go on without a cache; only the next job pays for it again.
         log(f"could not write the preprocessing cache in {root}: {e}")
         return final
-    log(f"preprocessing cache written: {len(entries)} samples in {final}")
+    log(f"preprocessing cache written: {len(prepared.samples)} samples in {final}")
     return final
+
+
+def _write_folder(folder: Path, key: str, prepared: PreparedDataset,
+                  settings: dict[str, object], dataset: Path) -> None:
+    """Write the tensors, then the manifest (the mark of a complete folder), all fsynced."""
+    entries = []
+    for i, s in enumerate(prepared.samples):
+        name = f"{i:06d}.safetensors"
+        save_file({"latents": s.latents, "prompt_embeds": s.prompt_embeds,
+                   "prompt_mask": s.prompt_mask}, str(folder / name))
+        _fsync_file(folder / name)
+        entries.append({"file": name, "source": s.source, "caption": s.caption})
+    manifest = {**settings, "key": key, "dataset": str(dataset),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "samples": entries,
+                "skipped": [{"source": n, "reason": r} for n, r in prepared.skipped]}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    _fsync_file(folder / MANIFEST)
+    _fsync_file(folder)
 
 
 def _fsync_file(path: Path) -> None:
