@@ -105,3 +105,9 @@ def test_unreachable_hub_id_is_one_line_error() -> None:
         load_components("ltxq-tests/no-such-model-3f9a")
     assert "ltxq-tests/no-such-model-3f9a" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_a_file_instead_of_a_folder_is_a_training_error(tmp_path: Path) -> None:
+    (tmp_path / "ltx.safetensors").write_bytes(b"x")
+    with pytest.raises(TrainingError, match="expected a diffusers model folder, got a file"):
+        load_components(str(tmp_path / "ltx.safetensors"))

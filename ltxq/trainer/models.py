@@ -135,6 +135,8 @@ def _load_pipeline(source: str, revision: str | None, dtype: torch.dtype) -> LTX
     is_local = source.startswith(("/", ".", "~")) or Path(source).expanduser().exists()
     if is_local:
         folder = Path(source).expanduser()
+        if folder.is_file():
+            raise TrainingError(f"expected a diffusers model folder, got a file: {folder}")
         if not folder.is_dir():
             raise TrainingError(f"model folder not found: {folder}")
         index = folder / "model_index.json"

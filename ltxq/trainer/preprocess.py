@@ -104,6 +104,8 @@ def prepare(config: TrainingConfig, components: Components, log: Log = print,
         log(f"preprocessing cache used: {len(cached.samples)} samples from {final}")
         for name, reason in cached.skipped:
             log(f"skipped {name}: {reason} (as when the cache was built)")
+        if progress is not None:
+            progress(len(items), len(items))
         return cached
     prepared = _build(config, components, dataset, items, log, progress)
     prepared.cache_dir = _publish(root, key, prepared, _manifest_settings(config, components),
@@ -167,6 +169,8 @@ def _build(config: TrainingConfig, components: Components, dataset: Path, items:
     samples: list[PreparedSample] = []
     skipped: list[tuple[str, str]] = []
     log(f"preprocessing {len(items)} media files in {dataset} for bucket {bucket}")
+    if progress is not None:
+        progress(0, len(items))
 
     def skip(name: str, reason: str) -> None:
         skipped.append((name, reason))
