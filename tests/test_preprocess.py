@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import imageio.v2 as iio
@@ -269,3 +272,28 @@ def test_preprocess_cli_fills_the_cache(tmp_path: Path, capsys: pytest.CaptureFi
     assert "2 samples loaded from the cache" in capsys.readouterr().out
     assert preprocess_cli(_config(tmp_path / "nowhere")) == 1
     assert "error: dataset folder not found" in capsys.readouterr().err
+
+
+def test_two_processes_preprocessing_the_same_data(tmp_path: Path, cache: Path) -> None:
+    # Both may encode; one rename wins; each must end with the complete, same cache folder.
+    ds = write_demo_dataset(tmp_path / "demo", clips=2, frames=9, width=48, height=40)
+    script = (
+        "import sys\n"
+        "from ltxq.config import parse_config\n"
+        "from ltxq.trainer.models import build_tiny_random\n"
+        "from ltxq.trainer.preprocess import prepare\n"
+        "cfg = parse_config({'model': {'source': 'tiny-random'},\n"
+        f"                   'data': {{'dataset': {str(ds)!r}, 'resolution': {BUCKET!r}}}}})\n"
+        "p = prepare(cfg, build_tiny_random(), log=lambda line: None)\n"
+        "print(p.cache_dir, len(p.samples))\n")
+    env = {**os.environ, "LTXQ_CACHE": str(cache)}
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    lines = {out.strip() for out, _ in outs}
+    assert len(lines) == 1
+    folder, count = lines.pop().rsplit(" ", 1)
+    assert count == "2"
+    assert [p.name for p in cache.iterdir()] == [Path(folder).name]  # no half or tmp copies
+    assert len(json.loads((Path(folder) / "manifest.json").read_text())["samples"]) == 2

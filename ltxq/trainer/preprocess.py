@@ -96,7 +96,7 @@ def prepare(config: TrainingConfig, components: Components, log: Log = print,
     """Like `prepare_dataset`, but also say where the cache is and what was skipped."""
     dataset = _dataset_dir(config)
     items = _scan(dataset, log)
-    key = cache_key(config, components, items)
+    key = _cache_key(config, components, items)
     root = cache_root()
     final = root / key
     cached = _load_cache(final, log)
@@ -113,7 +113,7 @@ def prepare(config: TrainingConfig, components: Components, log: Log = print,
     return prepared
 
 
-def cache_key(config: TrainingConfig, components: Components, items: list[_Item]) -> str:
+def _cache_key(config: TrainingConfig, components: Components, items: list[_Item]) -> str:
     """Hash the dataset's content and the settings that change the preprocessed tensors."""
     h = hashlib.sha256()
     settings = _manifest_settings(config, components)
@@ -302,6 +302,7 @@ def _publish(root: Path, key: str, prepared: PreparedDataset, settings: dict[str
                 raise
             # Another process published the same key first; its tensors equal ours.
             shutil.rmtree(tmp, ignore_errors=True)
+            log(f"preprocessing cache {final} was written by another process meanwhile")
             return final
         _fsync_file(root)
     except OSError as e:
