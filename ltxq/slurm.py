@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -188,11 +189,19 @@ def cancel(job_id: str | int, signal: str | None = None, *, full: bool = False) 
         pass
 
 
-def requeue(job_id: str | int) -> None:
+def requeue(job_id: str | int, *, settle_s: float = 15.0) -> None:
     """Put JOB_ID back into Slurm's queue under the same id and let it start again at once."""
     _run(["scontrol", "requeue", str(job_id)])
-    # A requeued job gets a begin time `cred_expire` seconds ahead (120 s by default); lift it.
-    # Failing here only delays the restart, so it is not an error.
+    # A requeued job is COMPLETING until its processes are gone, then PENDING with a begin time
+    # `cred_expire` seconds ahead (120 s by default). Lifting that begin time only sticks once
+    # the job is PENDING (checked here: earlier it is overwritten), and then it restarts in
+    # about 3 s. Not getting there only delays the restart, so it is not an error.
+    deadline = time.monotonic() + settle_s
+    while time.monotonic() < deadline:
+        info = job_info(job_id)
+        if info is None or parse_state(info.get("JobState", "")) != JobState.RUNNING:
+            break
+        time.sleep(0.1)
     try:
         _run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
     except LtxqError:
