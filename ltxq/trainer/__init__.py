@@ -1,0 +1,26 @@
+"""The trainer: everything torch, diffusers, peft and accelerate. One entry point, `train`.
+
+This module stays cheap to import (the CLI and the daemon import it): the training stack
+loads inside `train`, on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ltxq.config import TrainingConfig
+    from ltxq.run import Run, TrainResult
+
+__all__ = ["train"]
+
+
+def train(config: TrainingConfig, run: Run) -> TrainResult:
+    """Train the LoRA CONFIG describes into run.output_dir, resuming its newest checkpoint.
+
+    Returns COMPLETED or STOPPED (after saving a checkpoint); raises TrainingError for
+    problems the user can fix (missing model or data), other exceptions for bugs.
+    """
+    from ltxq.trainer.loop import train as _train
+
+    return _train(config, run)

@@ -1,0 +1,374 @@
+"""The training loop: the upstream LTX-Video-Trainer recipe on cached latents, resumable.
+
+Reading order: `train` (load, prepare, fit, clean up) -> `fit` (set up or resume, then step
+until done or stopped) -> `optimizer_step` -> `training_loss` (the rectified-flow objective).
+A run is a function of its config and seed: LoRA init, data order, sigmas, noise and the
+first-frame coin all come from seeded generators whose states go into every checkpoint, so a
+resumed run continues exactly where the checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import LTXPipeline
+
+from ltxq.config import TrainingConfig
+from ltxq.errors import TrainingError
+from ltxq.run import Outcome, Run, TrainResult
+from ltxq.trainer import checkpoint as ckpt
+from ltxq.trainer import export
+from ltxq.trainer.device import make_accelerator, resolve_device, resolve_precision, weight_dtype
+from ltxq.trainer.lora import add_lora, adapter_metadata, load_lora_state_dict, lora_state_dict
+from ltxq.trainer.models import Components
+from ltxq.trainer.preprocess import PreparedSample
+from ltxq.trainer.sampling import DataOrder, Generators, first_frame_mask, sample_sigmas
+from ltxq.trainer.schedule import make_scheduler
+from ltxq.trainer.validation import SAMPLES_DIR, render_samples, sample_path
+
+CHECKPOINTS_DIR = "checkpoints"
+_SPS_SMOOTHING = 0.1  # weight of the newest step in the s/step average
+
+
+def train(config: TrainingConfig, run: Run) -> TrainResult:
+    """Train the LoRA CONFIG describes, continuing from the newest checkpoint in run.output_dir."""
+    from ltxq.trainer import warm
+    from ltxq.trainer.lora import remove_lora
+    from ltxq.trainer.preprocess import prepare_dataset
+
+    device = resolve_device(run.device)
+    precision = resolve_precision(config.optimization.mixed_precision, device)
+    with warm.components(config.model.source, revision=config.model.revision,
+                         dtype=weight_dtype(precision), device=device, log=run.log) as components:
+        try:
+            samples = prepare_dataset(config, components, log=run.log)
+            return fit(config, run, components, samples, device=device, precision=precision)
+        finally:
+            remove_lora(components.transformer)
+
+
+@dataclass
+class Geometry:
+    """Shapes and RoPE settings shared by every batch (one resolution bucket per run)."""
+
+    frames: int            # latent frames
+    height: int            # latent height
+    width: int             # latent width
+    tokens: int            # packed sequence length
+    tokens_per_frame: int  # tokens of the first latent frame
+    patch_size: int
+    patch_size_t: int
+    rope_scale: tuple[float, float, float]
+
+    @classmethod
+    def of(cls, components: Components, latents: torch.Tensor, frame_rate: float) -> Geometry:
+        """Describe latents [N, C, F, H, W] for COMPONENTS' transformer."""
+        cfg = components.transformer.config
+        p, pt = cfg.patch_size, cfg.patch_size_t
+        _, _, f, h, w = latents.shape
+        vae = components.vae
+        return cls(frames=f, height=h, width=w, tokens=(f // pt) * (h // p) * (w // p),
+                   tokens_per_frame=(h // p) * (w // p), patch_size=p, patch_size_t=pt,
+                   rope_scale=(vae.temporal_compression_ratio / frame_rate,
+                               vae.spatial_compression_ratio, vae.spatial_compression_ratio))
+
+
+@dataclass
+class Batch:
+    latents: torch.Tensor  # [B, C, F, H, W]
+    embeds: torch.Tensor   # [B, L, D]
+    mask: torch.Tensor     # [B, L]
+
+
+class Dataset:
+    """The prepared samples stacked into tensors on the CPU (moved per batch)."""
+
+    def __init__(self, samples: list[PreparedSample]) -> None:
+        if not samples:
+            raise TrainingError("no training samples")
+        shapes = {tuple(s.latents.shape) for s in samples}
+        if len(shapes) > 1:
+            raise TrainingError(f"samples of different latent shapes {sorted(shapes)}: "
+                                f"one resolution bucket per run")
+        self.latents = torch.stack([s.latents for s in samples])
+        self.embeds = torch.stack([s.prompt_embeds for s in samples])
+        self.mask = torch.stack([s.prompt_mask for s in samples])
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    def batch(self, indices: list[int], device: torch.device) -> Batch:
+        """Return the samples at INDICES on DEVICE."""
+        idx = torch.tensor(indices)
+        return Batch(*(t[idx].to(device, non_blocking=True)
+                       for t in (self.latents, self.embeds, self.mask)))
+
+
+def training_loss(transformer: torch.nn.Module, batch: Batch, geometry: Geometry,
+                  sigmas: torch.Tensor, noise: torch.Tensor,
+                  condition: torch.Tensor) -> torch.Tensor:
+    """Return the rectified-flow MSE of one micro-batch.
+
+    noisy = (1 - sigma) * x + sigma * noise, target = noise - x. Tokens where CONDITION
+    ([B, S] bool, the first frame) stay clean, get timestep 0 and are left out of the loss.
+    SIGMAS [B] and NOISE [B, S, C] are on the batch's device.
+    """
+    x = LTXPipeline._pack_latents(batch.latents, geometry.patch_size, geometry.patch_size_t)
+    s = sigmas[:, None, None].to(x.dtype)
+    noisy = torch.where(condition[..., None], x, (1 - s) * x + s * noise)
+    target = noise - x
+    # Upstream rounds to integer timesteps; the transformer embeds sigma * 1000.
+    timesteps = torch.round(sigmas * 1000.0)[:, None].expand(-1, geometry.tokens)
+    timesteps = timesteps.masked_fill(condition, 0.0)
+    pred = transformer(
+        hidden_states=noisy, encoder_hidden_states=batch.embeds, timestep=timesteps,
+        encoder_attention_mask=batch.mask, num_frames=geometry.frames, height=geometry.height,
+        width=geometry.width, rope_interpolation_scale=geometry.rope_scale,
+        return_dict=False)[0]
+    keep = (~condition).to(torch.float32)[..., None]
+    squared = (pred.float() - target.float()).pow(2) * keep
+    return squared.sum() / (keep.sum() * x.shape[-1])
+
+
+@dataclass
+class Trainer:
+    """The live state of one run: what a checkpoint saves and restores."""
+
+    config: TrainingConfig
+    run: Run
+    components: Components
+    data: Dataset
+    geometry: Geometry
+    device: torch.device
+    accelerator: object
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    generators: Generators
+    order: DataOrder
+    step: int = 0
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.run.output_dir)
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.output_dir / CHECKPOINTS_DIR
+
+    # --- one optimizer step -------------------------------------------------------------
+
+    def optimizer_step(self) -> tuple[float, float]:
+        """Run one optimizer step over the accumulated micro-batches; return (loss, lr)."""
+        opt = self.config.optimization
+        lr = self.scheduler.get_last_lr()[0]
+        total = torch.zeros((), device=self.device)
+        for _ in range(opt.gradient_accumulation_steps):
+            loss = self.micro_batch_loss()
+            self.accelerator.backward(loss / opt.gradient_accumulation_steps)
+            total += loss.detach()
+        if opt.max_grad_norm > 0:
+            self.accelerator.clip_grad_norm_(self.params, opt.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return total.item() / opt.gradient_accumulation_steps, lr
+
+    def micro_batch_loss(self) -> torch.Tensor:
+        """Draw a batch, its sigmas, noise and first-frame coins, and return its loss."""
+        opt = self.config.optimization
+        g = self.geometry
+        batch = self.data.batch(self.order.take(opt.batch_size), self.device)
+        b = batch.latents.shape[0]
+        sigmas = sample_sigmas(b, g.tokens, opt.timestep_sampling, self.generators.sigma)
+        noise = torch.randn((b, g.tokens, batch.latents.shape[1]),
+                            generator=self.generators.noise)
+        # Always draw the coins, so p = 0 and p > 0 runs see the same noise stream.
+        coins = torch.rand(b, generator=self.generators.condition)
+        # A one-frame bucket (images) has nothing left to learn from if its frame is clean.
+        p = opt.first_frame_conditioning_p if g.frames > 1 else 0.0
+        condition = first_frame_mask(coins < p, g.tokens, g.tokens_per_frame)
+        with self.accelerator.autocast():
+            return training_loss(self.components.transformer, batch, g,
+                                 sigmas.to(self.device), noise.to(self.device),
+                                 condition.to(self.device))
+
+    # --- checkpoints --------------------------------------------------------------------
+
+    def fingerprint(self) -> dict:
+        """Return what must match for a checkpoint to continue this run."""
+        lora = self.config.lora
+        return {"model": self.components.source, "rank": lora.rank,
+                "alpha": lora.effective_alpha, "target_modules": list(lora.target_modules)}
+
+    def save_checkpoint(self) -> ckpt.Checkpoint:
+        """Save the complete state at the current step (a no-op if it already exists)."""
+        existing = ckpt.latest(self.checkpoint_root)
+        if existing is not None and existing.step == self.step:
+            return existing
+        state = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generators": self.generators.state_dict(),
+            "data_position": self.order.position,
+            "torch_rng": torch.get_rng_state(),
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        meta = {"total_steps": self.config.optimization.steps,
+                "seed": self.config.optimization.seed, "fingerprint": self.fingerprint()}
+        saved = ckpt.save(self.checkpoint_root, self.step,
+                          lora_state_dict(self.components.transformer), state, meta,
+                          self.config.checkpoints.keep_last)
+        self.run.log(f"checkpoint saved: {saved.path}")
+        self.run.checkpoint_saved(saved.path, self.step)
+        return saved
+
+    def restore(self, found: ckpt.Checkpoint) -> None:
+        """Continue from FOUND: LoRA weights, optimizer, schedule, RNG and data position."""
+        meta = found.meta()
+        theirs, ours = meta.get("fingerprint", {}), self.fingerprint()
+        if theirs != ours:
+            diff = ", ".join(f"{k} {theirs.get(k)!r} -> {ours[k]!r}" for k in ours
+                             if theirs.get(k) != ours[k])
+            raise TrainingError(f"{found.path} belongs to another LoRA ({diff}): use another "
+                                f"output folder, or delete {self.checkpoint_root}")
+        if meta.get("seed") != self.config.optimization.seed:
+            self.run.log(f"note: the checkpoint was trained with seed {meta.get('seed')}")
+        load_lora_state_dict(self.components.transformer, found.lora())
+        state = found.state()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generators.load_state_dict(state["generators"])
+        self.order.position = int(state["data_position"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.step = int(state["step"])
+        self.run.log(f"resuming from {found.path} (step {self.step} of "
+                     f"{self.config.optimization.steps})")
+
+    # --- validation ---------------------------------------------------------------------
+
+    def validation_due(self) -> bool:
+        """Tell whether samples belong to this step and are not on disk yet."""
+        val = self.config.validation
+        if not val.prompts or self.step == 0:
+            return False
+        due = self.step >= self.config.optimization.steps or (
+            val.interval > 0 and self.step % val.interval == 0)
+        return due and not all(sample_path(self.output_dir, self.step, i).is_file()
+                               for i in range(len(val.prompts)))
+
+    def validate(self) -> bool:
+        """Render this step's samples; return False if a stop request cut it short."""
+        start = time.monotonic()
+        written = render_samples(self.components, self.config.validation, self.output_dir,
+                                 self.step, self.run.should_stop, self.accelerator.autocast())
+        if written is None:
+            self.run.log(f"validation at step {self.step} interrupted by a stop request")
+            return False
+        for path in written:
+            self.run.sample_written(path, self.step)
+        self.run.log(f"{len(written)} validation video(s) at step {self.step} "
+                     f"in {time.monotonic() - start:.1f} s")
+        return True
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def loop(self) -> Outcome:
+        """Step until the last step or a stop request; checkpoint and validate on schedule."""
+        total = self.config.optimization.steps
+        interval = self.config.checkpoints.interval
+        sps = None
+        self.components.transformer.train()
+        while True:
+            if self.validation_due() and not self.validate():
+                return Outcome.STOPPED
+            if self.step >= total:
+                return Outcome.COMPLETED
+            if self.run.should_stop():
+                return Outcome.STOPPED
+            start = time.monotonic()
+            loss, lr = self.optimizer_step()
+            if interval and self.step % interval == 0:
+                self.save_checkpoint()
+            took = time.monotonic() - start
+            sps = took if sps is None else sps + _SPS_SMOOTHING * (took - sps)
+            self.run.progress(self.step, total, loss, lr, sps)
+
+
+def fit(config: TrainingConfig, run: Run, components: Components,
+        samples: list[PreparedSample], *, device: torch.device | None = None,
+        precision: str | None = None) -> TrainResult:
+    """Train a fresh LoRA on COMPONENTS' transformer over SAMPLES (or continue one).
+
+    The caller removes the adapter afterwards (`lora.remove_lora`).
+    """
+    device = device or resolve_device(run.device)
+    precision = precision or resolve_precision(config.optimization.mixed_precision, device)
+    output_dir = Path(run.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    export.remove_stale_tmp(output_dir)
+    trainer = _set_up(config, run, components, samples, device, precision)
+    found = ckpt.latest(trainer.checkpoint_root)
+    if found is not None:
+        trainer.restore(found)
+    else:
+        run.log(f"training {config.optimization.steps} steps on {len(trainer.data)} samples, "
+                f"{device} {precision}, LoRA rank {config.lora.rank}")
+    export.save_config(output_dir, config)
+    outcome = trainer.loop()
+    saved = trainer.save_checkpoint()
+    lora_path = None
+    if outcome is Outcome.COMPLETED:
+        lora_path = export.save_lora(output_dir, lora_state_dict(components.transformer),
+                                     adapter_metadata(components.transformer))
+        export.save_comfy_copy(lora_path)
+        run.log(f"LoRA written: {lora_path}")
+    return TrainResult(outcome=outcome, step=trainer.step, total_steps=config.optimization.steps,
+                       lora_path=lora_path, checkpoint=saved.path,
+                       validation_sample=newest_sample(output_dir))
+
+
+def _set_up(config: TrainingConfig, run: Run, components: Components,
+            samples: list[PreparedSample], device: torch.device, precision: str) -> Trainer:
+    opt = config.optimization
+    accelerator = make_accelerator(precision, device)
+    # The global RNG drives LoRA dropout; seed it per run (a warm daemon ran other jobs).
+    torch.manual_seed(opt.seed)
+    transformer = components.transformer
+    params = add_lora(transformer, config.lora, opt.seed)
+    if opt.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    optimizer = torch.optim.AdamW(params, lr=opt.learning_rate, weight_decay=opt.weight_decay)
+    # Not handed to accelerate: its wrapper steps once per process, our schedule counts steps.
+    scheduler = make_scheduler(optimizer, opt.steps, opt.warmup_steps, opt.scheduler)
+    optimizer = accelerator.prepare_optimizer(optimizer, device_placement=False)
+    data = Dataset(samples)
+    return Trainer(
+        config=config, run=run, components=components, data=data,
+        geometry=Geometry.of(components, data.latents, config.data.frame_rate), device=device,
+        accelerator=accelerator, params=params, optimizer=optimizer, scheduler=scheduler,
+        generators=Generators.seeded(opt.seed), order=DataOrder(len(data), opt.seed))
+
+
+_SAMPLE_NAME = re.compile(r"step_(\d+)_(\d+)\.mp4")
+
+
+def newest_sample(output_dir: Path) -> Path | None:
+    """Return the validation video of the highest step (first prompt first), if any."""
+    found = []
+    for path in (output_dir / SAMPLES_DIR).glob("step_*.mp4"):
+        m = _SAMPLE_NAME.fullmatch(path.name)
+        if m:
+            found.append(((int(m.group(1)), -int(m.group(2))), path))
+    return max(found)[1] if found else None
+
+
