@@ -270,7 +270,7 @@ class Trainer:
         """Render this step's samples; return False if a stop request cut it short."""
         start = time.monotonic()
         written = render_samples(self.components, self.config.validation, self.output_dir,
-                                 self.step, self.run.should_stop, self.accelerator.autocast())
+                                 self.step, self.run.should_stop, self.accelerator.autocast)
         if written is None:
             self.run.log(f"validation at step {self.step} interrupted by a stop request")
             return False

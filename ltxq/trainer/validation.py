@@ -27,11 +27,12 @@ def sample_path(output_dir: Path, step: int, index: int) -> Path:
 
 def render_samples(components: Components, validation: ValidationConfig, output_dir: Path,
                    step: int, should_stop: Callable[[], bool],
-                   autocast: contextlib.AbstractContextManager | None = None
+                   autocast: Callable[[], contextlib.AbstractContextManager] | None = None
                    ) -> list[Path] | None:
     """Render every prompt at STEP into `samples/`; return the paths, or None if stopped.
 
     SHOULD_STOP is asked between denoising steps; a stopped render writes nothing.
+    AUTOCAST makes the mixed-precision context of each render.
     """
     pipe = make_pipeline(components)
     pipe.set_progress_bar_config(disable=True)
@@ -52,7 +53,7 @@ def render_samples(components: Components, validation: ValidationConfig, output_
     try:
         for index, prompt in enumerate(validation.prompts):
             with torch.random.fork_rng(devices=_cuda_devices(transformer)), \
-                    (autocast or contextlib.nullcontext()):
+                    (autocast or contextlib.nullcontext)():
                 generator = torch.Generator().manual_seed(validation.seed)
                 frames = pipe(
                     prompt=prompt, negative_prompt=validation.negative_prompt,
