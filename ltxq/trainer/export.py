@@ -70,7 +70,11 @@ def lora_alpha_in(lora_file: Path) -> float | None:
     """Return the lora_alpha recorded in LORA_FILE's metadata, if any (for checks and tests)."""
     with safe_open(str(lora_file), framework="pt") as f:
         raw = (f.metadata() or {}).get("lora_adapter_metadata")
-    return None if raw is None else float(json.loads(raw).get("lora_alpha"))
+    if raw is None:
+        return None
+    meta = json.loads(raw)  # diffusers prefixes each key with the component's name
+    alpha = meta.get("transformer.lora_alpha", meta.get("lora_alpha"))
+    return None if alpha is None else float(alpha)
 
 
 def remove_stale_tmp(output_dir: Path) -> None:
