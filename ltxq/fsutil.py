@@ -1,0 +1,111 @@
+"""Atomic file publication and non-blocking locks: the two primitives the spool is built on."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import filelock
+
+_UMASK: int | None = None
+
+
+def umask() -> int:
+    """Return the process umask (read once; os.umask can only be read by setting it)."""
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0o022)
+        os.umask(_UMASK)
+    return _UMASK
+
+
+def fsync_dir(path: Path) -> None:
+    """Persist the directory entries of PATH (a rename is not durable until its folder is)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(dest: Path, data: str | bytes, tmp_dir: Path) -> None:
+    """Write DATA to DEST so that readers see the old file or the new one, never a torn one.
+
+    Staged in TMP_DIR (same filesystem), fsynced, renamed over DEST, then DEST's folder fsynced.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=dest.name + ".", suffix=".tmp")
+    try:
+        # mkstemp makes 0600; a shared spool wants what the umask allows.
+        os.fchmod(fd, 0o666 & ~umask())
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    try:
+        os.replace(tmp, dest)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    fsync_dir(dest.parent)
+
+
+def move(src: Path, dest: Path) -> None:
+    """Rename SRC to DEST and persist both folders; FileNotFoundError if someone moved it first."""
+    os.rename(src, dest)
+    fsync_dir(dest.parent)
+    if src.parent != dest.parent:
+        fsync_dir(src.parent)
+
+
+def free_name(path: Path) -> Path:
+    """Return PATH, or PATH with a .1, .2, ... suffix if that name is taken."""
+    candidate, n = path, 0
+    while candidate.exists() or Path(f"{candidate}.error").exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
+
+
+class Lock:
+    """An flock(2) lock on a separate .lock file: held means alive; the kernel frees it on death."""
+
+    def __init__(self, path: Path):
+        # preserve_lock_file: never fall back to a soft lock that a dead holder would keep forever.
+        self._lock = filelock.FileLock(path, preserve_lock_file=True, thread_local=False)
+        self.path = path
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free; return False at once if someone holds it."""
+        try:
+            self._lock.acquire(timeout=0)
+        except filelock.Timeout:
+            return False
+        return True
+
+    def acquire(self, timeout: float = 60.0) -> None:
+        """Take the lock, waiting up to TIMEOUT seconds (then filelock.Timeout)."""
+        self._lock.acquire(timeout=timeout)
+
+    def release(self) -> None:
+        """Release the lock (a no-op if not held)."""
+        if self._lock.is_locked:
+            self._lock.release(force=True)
+
+    @property
+    def held(self) -> bool:
+        return self._lock.is_locked
+
+    def __enter__(self) -> Lock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

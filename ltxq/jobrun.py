@@ -1,0 +1,58 @@
+"""The daemon's `Run`: the trainer's window on the spool (job log, cancel and shutdown checks)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ltxq.progress import progress_message
+from ltxq.spool import Claim, Spool
+
+
+class JobRun:
+    """A `ltxq.run.Run` for one claimed job: progress goes to logs/<id>.log, at a steady rate."""
+
+    def __init__(self, spool: Spool, claim: Claim, device: str | None,
+                 shutdown: Callable[[], bool], *, min_interval: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.job_id: int | None = claim.id
+        self.output_dir: Path = claim.job.output_dir()
+        self.device = device
+        self.last_step: int | None = claim.job.meta.step
+        self._spool = spool
+        self._claim = claim
+        self._shutdown = shutdown
+        self._min_interval = min_interval
+        self._clock = clock
+        self._last_line: float | None = None
+
+    def should_stop(self) -> bool:
+        """Return True on shutdown or once `control/<id>.cancel` exists (one stat per call)."""
+        return self._shutdown() or self._spool.cancel_requested(self._claim.id)
+
+    def progress(self, step: int, total: int, loss: float, lr: float,
+                 seconds_per_step: float) -> None:
+        """Log a progress line: the first, the last, and at most one per min_interval between."""
+        self.last_step = step
+        t = self._clock()
+        if (self._last_line is not None and step < total
+                and t - self._last_line < self._min_interval):
+            return
+        self._last_line = t
+        self._spool.log(self._claim.id, progress_message(step, total, loss, lr,
+                                                         seconds_per_step))
+
+    def log(self, message: str) -> None:
+        """Append MESSAGE to the job log."""
+        self._spool.log(self._claim.id, message)
+
+    def checkpoint_saved(self, path: Path, step: int) -> None:
+        """Log the checkpoint and record it in [job] so `status` shows it while running."""
+        self._spool.log(self._claim.id, f"checkpoint step {step}: {path}")
+        self._spool.update(self._claim, checkpoint=str(path), step=step)
+
+    def sample_written(self, path: Path, step: int) -> None:
+        """Log the validation video and record it in [job]."""
+        self._spool.log(self._claim.id, f"sample step {step}: {path}")
+        self._spool.update(self._claim, validation_sample=str(path))

@@ -1,0 +1,147 @@
+"""Status data and its rendering: records first (what `--json` prints), then tables from them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from ltxq.progress import format_duration, last_progress
+from ltxq.spool import Entry, Invalid, Spool, State
+
+WIDTH = 80
+RECENT_FINISHED = 10  # finished jobs the default table shows before folding the rest
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t else None
+
+
+def job_record(spool: Spool, entry: Entry) -> dict[str, Any]:
+    """Return the status record of one job (the `status --json` object)."""
+    job, meta = entry.job, entry.job.meta
+    progress = (last_progress(spool.log_path(entry.id))
+                if meta.started_at or entry.state is State.RUNNING else None)
+    if entry.state is State.RUNNING and progress:
+        step = progress.step
+    else:
+        step = meta.step if meta.step is not None else (progress.step if progress else None)
+    running = entry.state is State.RUNNING
+    return {
+        "id": entry.id,
+        "state": str(entry.state),
+        "name": meta.name,
+        "dataset": job.config.data.dataset,
+        "model": job.config.model.source,
+        "priority": meta.priority,
+        "attempts": meta.attempts,
+        "max_attempts": meta.max_attempts,
+        "after": list(meta.after),
+        "submitted_at": _iso(meta.submitted_at),
+        "started_at": _iso(meta.started_at),
+        "finished_at": _iso(meta.finished_at),
+        "worker": meta.worker,
+        "device": meta.device,
+        "step": step,
+        "total_steps": job.config.optimization.steps,
+        "loss": progress.loss if progress else None,
+        "learning_rate": progress.lr if progress else None,
+        "seconds_per_step": progress.seconds_per_step if progress and running else None,
+        "eta_seconds": progress.eta_seconds if progress and running else None,
+        "output_dir": str(job.output_dir()),
+        "checkpoint": meta.checkpoint,
+        "validation_sample": meta.validation_sample,
+        "error": meta.error,
+        "file": str(entry.path),
+    }
+
+
+def invalid_record(item: Invalid) -> dict[str, Any]:
+    """Return the status record of a file that is not a valid job."""
+    return {"id": None, "state": "invalid", "name": item.path.name, "file": str(item.path),
+            "origin": item.origin, "error": item.error}
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def progress_cell(step: int | None, total: int, width: int = 22) -> str:
+    """Return "[#####---] 12/20" in WIDTH characters (the bar shrinks to fit the numbers)."""
+    if step is None:
+        return ""
+    numbers = f"{step}/{total}"
+    bar_width = width - len(f"{total}/{total}") - 3  # same bar width for every step of a job
+    if bar_width < 4:
+        return numbers
+    filled = int(bar_width * min(step, total) / total) if total else 0
+    return f"[{'#' * filled}{'-' * (bar_width - filled)}] {numbers}"
+
+
+_HEAD = f"{'ID':>5} {'STATE':<9} {'NAME':<16} {'PRI':>4} {'PROGRESS':<22} {'LOSS':>7} {'ETA':>8}"
+
+
+def _row(r: dict[str, Any]) -> list[str]:
+    loss = f"{r['loss']:.4f}" if isinstance(r.get("loss"), float) else ""
+    eta = format_duration(r["eta_seconds"]) if r.get("eta_seconds") is not None else ""
+    if r["state"] == "pending" and r["after"]:
+        eta = "after " + ",".join(str(a) for a in r["after"])
+    line = (f"{r['id']:>5} {r['state']:<9} {_cut(r['name'] or '-', 16):<16} {r['priority']:>4} "
+            f"{progress_cell(r['step'], r['total_steps']):<22} {loss:>7} {eta:>8}")
+    rows = [line.rstrip()]
+    if r.get("error"):
+        rows.append(_cut(f"{'':>5} error: {r['error']}", WIDTH))
+    elif r["state"] == "running" and r.get("worker"):
+        rows.append(_cut(f"{'':>5} on {r['worker']}" + (f" ({r['device']})" if r['device'] else ""),
+                         WIDTH))
+    return rows
+
+
+def status_table(records: list[dict[str, Any]], *, paused: bool = False,
+                 fold: bool = False) -> str:
+    """Render status records as a table that fits 80 columns."""
+    jobs = [r for r in records if r["state"] != "invalid"]
+    invalid = [r for r in records if r["state"] == "invalid"]
+    lines = []
+    if paused:
+        lines.append("queue paused: daemons claim no new jobs (ltxq unpause to resume)")
+    hidden: dict[str, int] = {}
+    if fold:
+        finished = [r for r in jobs if r["state"] in ("done", "failed", "cancelled")]
+        old = {r["id"] for r in finished[:-RECENT_FINISHED]} if len(finished) > RECENT_FINISHED \
+            else set()
+        for r in jobs:
+            if r["id"] in old:
+                hidden[r["state"]] = hidden.get(r["state"], 0) + 1
+        jobs = [r for r in jobs if r["id"] not in old]
+    if jobs:
+        lines.append(_HEAD)
+        for r in jobs:
+            lines.extend(_row(r))
+    elif not invalid and not hidden:
+        lines.append("no jobs")
+    if hidden:
+        parts = ", ".join(f"{n} {s}" for s, n in sorted(hidden.items()))
+        lines.append(f"  ... and {sum(hidden.values())} older finished jobs ({parts}); "
+                     "--state all lists them")
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    if jobs or hidden:
+        order = [str(s) for s in State] + ["invalid"]
+        lines.append(", ".join(f"{counts[s]} {s}" for s in order if s in counts))
+    for r in invalid:
+        lines.append(_cut(f"invalid {r['file']} (from {r['origin']}): {r['error']}", 2 * WIDTH))
+    return "\n".join(lines)
+
+
+def workers_table(workers: list[dict[str, Any]]) -> str:
+    """Render live daemons: worker, device, job, step."""
+    if not workers:
+        return "no live daemons"
+    lines = [f"{'WORKER':<28} {'DEVICE':<10} {'JOB':>5} {'STEP':<12} SINCE"]
+    for w in workers:
+        job = str(w["job"]) if w.get("job") is not None else "-"
+        step = f"{w['step']}/{w['total_steps']}" if w.get("step") is not None else "-"
+        lines.append(f"{_cut(w['worker'], 28):<28} {w.get('device') or 'auto':<10} {job:>5} "
+                     f"{step:<12} {w.get('started_at', '')[:19]}")
+    return "\n".join(lines)
