@@ -238,3 +238,24 @@ def test_gradient_checkpointing_gives_the_same_weights(tmp_path: Path, tiny: Com
     checkpointed = fit_clean(ckpt_config, RecordingRun(tmp_path / "b"), tiny, samples)
     assert not tiny.transformer.gradient_checkpointing  # handed back clean
     assert _max_diff(load_file(plain.lora_path), load_file(checkpointed.lora_path)) < 1e-5
+
+
+def test_a_user_error_keeps_the_warm_model(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from ltxq.trainer import train, warm
+
+    monkeypatch.setenv("LTXQ_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "empty").mkdir()
+    config = make_config(data={"dataset": str(tmp_path / "empty")})
+    warm.clear()
+    with pytest.raises(TrainingError, match="no usable media"):
+        train(config, RecordingRun(tmp_path / "out"))
+    assert warm.cached_keys() == [("tiny-random", None, "torch.float32", "cpu")]
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("ltxq.trainer.loop.prepare_dataset", broken)
+    with pytest.raises(RuntimeError):
+        train(config, RecordingRun(tmp_path / "out"))
+    assert warm.cached_keys() == []  # unknown state: never lent again

@@ -21,11 +21,17 @@ from ltxq.config import TrainingConfig
 from ltxq.errors import TrainingError
 from ltxq.run import Outcome, Run, TrainResult
 from ltxq.trainer import checkpoint as ckpt
-from ltxq.trainer import export
+from ltxq.trainer import export, warm
 from ltxq.trainer.device import make_accelerator, resolve_device, resolve_precision, weight_dtype
-from ltxq.trainer.lora import add_lora, adapter_metadata, load_lora_state_dict, lora_state_dict
+from ltxq.trainer.lora import (
+    add_lora,
+    adapter_metadata,
+    load_lora_state_dict,
+    lora_state_dict,
+    remove_lora,
+)
 from ltxq.trainer.models import Components
-from ltxq.trainer.preprocess import PreparedSample
+from ltxq.trainer.preprocess import PreparedSample, prepare_dataset
 from ltxq.trainer.sampling import DataOrder, Generators, first_frame_mask, sample_sigmas
 from ltxq.trainer.schedule import make_scheduler
 from ltxq.trainer.validation import SAMPLES_DIR, render_samples, sample_path
@@ -36,10 +42,6 @@ _SPS_SMOOTHING = 0.1  # weight of the newest step in the s/step average
 
 def train(config: TrainingConfig, run: Run) -> TrainResult:
     """Train the LoRA CONFIG describes, continuing from the newest checkpoint in run.output_dir."""
-    from ltxq.trainer import warm
-    from ltxq.trainer.lora import remove_lora
-    from ltxq.trainer.preprocess import prepare_dataset
-
     device = resolve_device(run.device)
     precision = resolve_precision(config.optimization.mixed_precision, device)
     with warm.components(config.model.source, revision=config.model.revision,
@@ -201,10 +203,10 @@ class Trainer:
     # --- checkpoints --------------------------------------------------------------------
 
     def fingerprint(self) -> dict:
-        """Return what must match for a checkpoint to continue this run."""
+        """Return the adapter's identity: a checkpoint with another one cannot continue."""
         lora = self.config.lora
-        return {"model": self.components.source, "rank": lora.rank,
-                "alpha": lora.effective_alpha, "target_modules": list(lora.target_modules)}
+        return {"rank": lora.rank, "alpha": lora.effective_alpha,
+                "target_modules": list(lora.target_modules)}
 
     def save_checkpoint(self) -> ckpt.Checkpoint:
         """Save the complete state at the current step (a no-op if it already exists)."""
@@ -222,7 +224,8 @@ class Trainer:
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         meta = {"total_steps": self.config.optimization.steps,
-                "seed": self.config.optimization.seed, "fingerprint": self.fingerprint()}
+                "seed": self.config.optimization.seed, "model": self.components.source,
+                "fingerprint": self.fingerprint()}
         saved = ckpt.save(self.checkpoint_root, self.step,
                           lora_state_dict(self.components.transformer), state, meta,
                           self.config.checkpoints.keep_last)
@@ -241,6 +244,9 @@ class Trainer:
                                 f"output folder, or delete {self.checkpoint_root}")
         if meta.get("seed") != self.config.optimization.seed:
             self.run.log(f"note: the checkpoint was trained with seed {meta.get('seed')}")
+        if meta.get("model") != self.components.source:
+            # A moved model folder is the usual cause; the weights may still be the same.
+            self.run.log(f"note: the checkpoint was trained on {meta.get('model')}")
         load_lora_state_dict(self.components.transformer, found.lora())
         state = found.state()
         self.optimizer.load_state_dict(state["optimizer"])

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from ltxq.errors import LtxqError
 from ltxq.trainer.models import Components, load_components
 
 _lock = threading.Lock()
@@ -31,8 +32,10 @@ def components(source: str, *, revision: str | None, dtype: torch.dtype, device:
                log: Callable[[str], None] = print) -> Iterator[Components]:
     """Lend the components of SOURCE, loading them only if the cache holds others.
 
-    The borrower must leave them clean (`lora.remove_lora`); an exception out of the block
-    drops the entry, so a half-cleaned model is never lent again.
+    The borrower must leave them clean (`lora.remove_lora`, in a `finally`). They go back
+    into the cache when the block ends normally or with an LtxqError (a user-facing failure
+    such as bad data, after that cleanup ran); any other exception (a bug, out of memory, a
+    failed cleanup) drops them, so a model in an unknown state is never lent again.
     """
     key = _key(source, revision, dtype, device)
     with _lock:
@@ -45,12 +48,17 @@ def components(source: str, *, revision: str | None, dtype: torch.dtype, device:
         loaded = cached
     try:
         yield loaded
-    except BaseException:
+    except LtxqError:
+        _keep(key, loaded)
         raise
     else:
-        with _lock:
-            _cache.clear()
-            _cache[key] = loaded
+        _keep(key, loaded)
+
+
+def _keep(key: tuple[str, str | None, str, str], loaded: Components) -> None:
+    with _lock:
+        _cache.clear()
+        _cache[key] = loaded
 
 
 def clear() -> None:
