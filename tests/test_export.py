@@ -77,6 +77,13 @@ def test_comfy_copy_renames_the_prefix(trained: tuple[TrainResult, np.ndarray, P
     assert any("attn2.to_out.0.lora_B" in k for k in comfy)
 
 
+def test_comfy_copy_loads_in_diffusers_too(trained: tuple[TrainResult, np.ndarray, Path]) -> None:
+    _, with_lora, out = trained
+    fresh = build_tiny_random()
+    make_pipeline(fresh).load_lora_weights(str(out), weight_name=COMFY_FILE)
+    np.testing.assert_allclose(_render(fresh), with_lora, atol=1e-5)
+
+
 def test_validation_videos_decode(trained: tuple[TrainResult, np.ndarray, Path]) -> None:
     result, _, out = trained
     names = sorted(p.name for p in (out / "samples").iterdir())
