@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
 from pathlib import Path
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ltxq.config import TrainingConfig
 from ltxq.run import TrainResult
@@ -21,8 +23,10 @@ class ConsoleRun:
         self.output_dir = Path(output_dir)
         self.device = device
         self.stop_requested = threading.Event()
-        self.bar = tqdm(total=total, unit="step", desc="train", dynamic_ncols=True,
-                        file=sys.stderr)
+        self.total = total
+        # Made at the first step, so model loading and preprocessing do not skew its rate
+        # and a resumed run starts at its checkpoint's step.
+        self.bar: tqdm | None = None
 
     def should_stop(self) -> bool:
         """Return True once Ctrl-C was pressed."""
@@ -31,24 +35,27 @@ class ConsoleRun:
     def progress(self, step: int, total: int, loss: float, lr: float,
                  seconds_per_step: float) -> None:
         """Move the bar to STEP and show loss and learning rate."""
-        self.bar.total = total
+        if self.bar is None:
+            self.bar = tqdm(total=total, initial=step - 1, unit="step", desc="train",
+                            dynamic_ncols=True, file=sys.stderr)
         self.bar.update(step - self.bar.n)
         self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
 
     def log(self, message: str) -> None:
         """Print MESSAGE above the bar."""
-        self.bar.write(message, file=sys.stderr)
+        tqdm.write(message, file=sys.stderr)
 
     def checkpoint_saved(self, path: Path, step: int) -> None:
         """Checkpoints are already logged by the trainer."""
 
     def sample_written(self, path: Path, step: int) -> None:
         """Print where the video went."""
-        self.bar.write(f"sample: {path}", file=sys.stderr)
+        tqdm.write(f"sample: {path}", file=sys.stderr)
 
     def close(self) -> None:
         """Finish the bar."""
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def run_foreground(config: TrainingConfig, output_dir: Path,
@@ -72,8 +79,11 @@ def run_foreground(config: TrainingConfig, output_dir: Path,
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:
         previous = signal.signal(signal.SIGINT, on_sigint)
+    # diffusers and transformers warn through logging: print those above the bar too.
+    libraries = [logging.getLogger(name) for name in ("diffusers", "transformers")]
     try:
-        result = train(config, run)
+        with logging_redirect_tqdm(loggers=libraries):
+            result = train(config, run)
     finally:
         if in_main:
             signal.signal(signal.SIGINT, previous)
