@@ -98,6 +98,7 @@ def test_loss_falls_on_a_fixed_batch() -> None:
         optimizer.zero_grad()
         losses.append(loss.item())
     remove_lora(transformer)
+    print(f"fixed-batch loss {losses[0]:.3f} -> {losses[-1]:.3f}")
     assert losses[-1] < 0.85 * losses[0], (losses[0], losses[-1])
     assert min(losses[-10:]) < min(losses[:10])
 
@@ -173,6 +174,7 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path: Path, tiny: Components) 
     assert [p[0] for p in second.progress_calls] == list(range(7, 13))
     assert any("resuming" in line for line in second.logs)
     diff = _max_diff(load_file(whole.lora_path), load_file(resumed.lora_path))
+    print("max abs diff", diff)
     assert diff <= 1e-7, diff
     # Every step saw the same batch, sigmas, noise and coins: the same losses.
     assert ([p[2] for p in first.progress_calls + second.progress_calls]

@@ -104,6 +104,7 @@ def test_kill_9_after_a_checkpoint_then_resume(tmp_path: Path) -> None:
     assert [p[0] for p in run.progress_calls] == list(range(5, 13))
     baseline = train(config, RecordingRun(tmp_path / "whole"))
     diff = _max_diff(resumed.lora_path, baseline.lora_path)
+    print("max abs diff", diff)
     assert diff <= 1e-7, diff
 
 
@@ -127,6 +128,7 @@ def test_warm_job_equals_a_job_alone_in_a_fresh_process(tmp_path: Path) -> None:
     assert alone.returncode == 0, err
     assert "completed" in out
     diff = _max_diff(warm_b.lora_path, tmp_path / "alone" / LORA_FILE)
+    print("max abs diff", diff)
     assert diff <= 1e-7, diff
     # The warm base model is back to its loaded state: no adapter layers, frozen, eval.
     with warm.components("tiny-random", revision=None, dtype=torch.float32,
