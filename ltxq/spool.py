@@ -358,8 +358,7 @@ class Spool:
             return None
         m = _ID_NAME.fullmatch(path.name)
         try:
-            job = parse_job(data, file=f"pending/{path.name}", base_dir=self.path.parent,
-                            require_dataset_exists=True)
+            job = parse_job(data, base_dir=self.path.parent, require_dataset_exists=True)
         except ConfigError as e:
             self._set_aside(path, str(e), int(m[1]) if m else None)
             return None

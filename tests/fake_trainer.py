@@ -6,7 +6,8 @@ and honours run.should_stop() before every step. Markers in the dataset folder s
   FAIL   raise TrainingError (the file's text is the message)
   CRASH  raise RuntimeError (a bug)
   SLOW   seconds per step (the file's text, default 0.2)
-Every start is recorded with O_APPEND in {output.root}/ran.log as "<job id> <first step>".
+Every start is recorded with O_APPEND in {output.root}/ran.log as
+"<job id> <first step> <run.device> <CUDA_VISIBLE_DEVICES>".
 """
 
 from __future__ import annotations
@@ -46,12 +47,14 @@ def train(config, run) -> TrainResult:
         delay = float((dataset / "SLOW").read_text().strip() or 0.2)
     total = config.optimization.steps
     interval = config.checkpoints.interval
+    run.output_dir.mkdir(parents=True, exist_ok=True)
     ckpts = run.output_dir / "checkpoints"
     start = _latest(ckpts)
     record = Path(config.output.root) / "ran.log"
     record.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.write(fd, f"{run.job_id} {start}\n".encode())
+    line = f"{run.job_id} {start} {run.device} {os.environ.get('CUDA_VISIBLE_DEVICES', '-')}\n"
+    os.write(fd, line.encode())
     os.close(fd)
     if start:
         run.log(f"resuming from step {start}")

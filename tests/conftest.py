@@ -1,0 +1,126 @@
+"""Shared helpers for the queue tests: configs, a CLI runner in a subprocess, real daemons."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FAKE = "tests.fake_trainer:train"
+
+
+def write_config(path: Path, dataset: str | Path = "ds", steps: int = 5, interval: int = 0,
+                 extra: str = "") -> Path:
+    """Write a small valid job config (tiny-random model, 64x64x9) to PATH."""
+    path.write_text(f"""{extra}
+[model]
+source = "tiny-random"
+[data]
+dataset = "{dataset}"
+resolution = "64x64x9"
+[lora]
+rank = 4
+[optimization]
+steps = {steps}
+[validation]
+interval = 0
+video = "64x64x9"
+[checkpoints]
+interval = {interval}
+""")
+    return path
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll PREDICATE until it returns something truthy (a deadline, not a timed assertion)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class Env:
+    """A work folder with a spool, a dataset `ds/`, and ways to run `ltxq` and daemons in it."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.spool = root / "spool"
+        self.dataset = root / "ds"
+        self.dataset.mkdir()
+        self.outputs = root / "outputs"
+        self.env = dict(os.environ, LTXQ_SPOOL=str(self.spool),
+                        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+        self.env.pop("LTXQ_TRAINER", None)
+        self.daemons: list[subprocess.Popen] = []
+
+    def config(self, name: str = "job.toml", **kw: Any) -> Path:
+        return write_config(self.root / name, **kw)
+
+    def run(self, *args: str, check: bool = True, input: str | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Run `ltxq ARGS` in a subprocess; check=True expects exit 0."""
+        p = subprocess.run([sys.executable, "-m", "ltxq", *args], cwd=self.root,
+                           env=env or self.env, capture_output=True, text=True, input=input,
+                           timeout=120)
+        if check and p.returncode != 0:
+            raise AssertionError(f"ltxq {' '.join(args)} -> {p.returncode}\n{p.stdout}{p.stderr}")
+        return p
+
+    def submit(self, *args: str) -> int:
+        return int(self.run("submit", *args).stdout.strip())
+
+    def status(self, *args: str) -> list[dict[str, Any]]:
+        return json.loads(self.run("status", "--json", *args).stdout)
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        return self.status(str(job_id))[0]
+
+    def state(self, job_id: int) -> str:
+        return self.job(job_id)["state"]
+
+    def wait_state(self, job_id: int, *states: str, timeout: float = 30.0) -> dict[str, Any]:
+        return wait_for(lambda: (lambda j: j if j["state"] in states else None)(self.job(job_id)),
+                        timeout, f"job {job_id} to be {'/'.join(states)}")
+
+    def daemon(self, *args: str) -> subprocess.Popen:
+        """Start a real daemon process with the fake trainer."""
+        p = subprocess.Popen([sys.executable, "-m", "ltxq", "daemon", "--trainer", FAKE,
+                              "--poll", "0.1", *args], cwd=self.root, env=self.env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.daemons.append(p)
+        return p
+
+    def ran(self) -> list[tuple[int, int]]:
+        """Return (job id, first step) for every start the fake trainer recorded."""
+        path = self.outputs / "ran.log"
+        if not path.exists():
+            return []
+        return [(int(a), int(b)) for a, b, *_ in
+                (line.split() for line in path.read_text().splitlines())]
+
+    def stop_all(self) -> None:
+        for p in self.daemons:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+            p.wait(timeout=10)
+
+
+@pytest.fixture
+def env(tmp_path: Path):
+    e = Env(tmp_path)
+    e.outputs.mkdir()
+    yield e
+    e.stop_all()
