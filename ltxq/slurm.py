@@ -190,12 +190,13 @@ def cancel(job_id: str | int, signal: str | None = None, *, full: bool = False) 
 
 
 def requeue(job_id: str | int, *, settle_s: float = 15.0) -> None:
-    """Put JOB_ID back into Slurm's queue under the same id and let it start again at once."""
+    """Put JOB_ID back into Slurm's queue under the same id and let it start again within seconds."""
     _run(["scontrol", "requeue", str(job_id)])
     # A requeued job is COMPLETING until its processes are gone, then PENDING with a begin time
-    # `cred_expire` seconds ahead (120 s by default). Lifting that begin time only sticks once
-    # the job is PENDING (checked here: earlier it is overwritten), and then it restarts in
-    # about 3 s. Not getting there only delays the restart, so it is not an error.
+    # `cred_expire` seconds ahead (120 s by default): slurmd refuses ("Job credential revoked")
+    # a restart whose credential is not newer, in whole seconds, than the revocation. So the
+    # begin time is moved to 2 s from now, and only once the job is PENDING (earlier, Slurm
+    # overwrites it). Not getting there only delays the restart, so it is not an error.
     deadline = time.monotonic() + settle_s
     while time.monotonic() < deadline:
         info = job_info(job_id)
@@ -203,7 +204,7 @@ def requeue(job_id: str | int, *, settle_s: float = 15.0) -> None:
             break
         time.sleep(0.1)
     try:
-        _run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
+        _run(["scontrol", "update", f"JobId={job_id}", "StartTime=now+2"])
     except LtxqError:
         pass
 

@@ -1,24 +1,22 @@
 """What runs on a Slurm compute node: one ltxq job that a daemon already claimed.
 
-    python -m ltxq.slurm_entry --spool DIR --job ID
+    python -m ltxq.slurm_entry --spool DIR --job ID [--trainer MODULE:FUNCTION] [--device DEV]
 
-The daemon with `--executor slurm` claims a job (it stays in running/, with its Slurm job id in
-[job].slurm_job_id) and submits `batch_script(...)`, which `exec`s this module so that this
-process is Slurm's batch shell and receives `--signal=B:USR1@N` itself. Here the job is trained
-in this process, and Slurm's warnings (SIGUSR1 ahead of the time limit, SIGTERM on preemption,
-scancel or the limit itself) become `should_stop()`: the trainer saves a checkpoint and returns
-STOPPED, and the daemon puts the job back in pending/ to resume.
+The daemon with `--executor slurm` claims a job and keeps its lock (the job stays in running/,
+its Slurm id in [job].slurm_job_id), then submits `batch_script(...)`, which `exec`s this module
+so that this process is Slurm's batch shell and gets `--signal=B:USR1@N` itself. Here the job
+trains in this process through the daemon's own `JobRun` (same log lines, same cancel check,
+checkpoint and sample recorded in the running file), and Slurm's warnings (SIGUSR1 ahead of the
+time limit, SIGTERM on preemption or scancel) become should_stop(): the trainer saves a
+checkpoint and returns STOPPED.
 
-How it ended is told three ways, so the daemon need not parse anything it does not want to:
-- the exit status (also scontrol's ExitCode while Slurm remembers the job): EXIT_* below;
-- the last stdout line (Slurm's --output file): `ltxq-result {json}` with the TrainResult;
-- the job log, spool/logs/<id>.log, as for a job the daemon runs itself.
-
-NOTE for the daemon: this module calls `ltxq.trainer.train(config, run)` with its own small Run
-(`EntryRun`). Once ltxq/daemon.py exposes a function that runs one already-claimed job in this
-process, `run_job` should call it instead, passing `StopFlag.is_set` as the extra stop check, so
-the log format and the running → done/failed/cancelled/pending moves live in one place.
-Nothing heavy is imported at module level: the daemon imports `batch_script` from here.
+This process never moves the job: the lock holder (the daemon) does, after the Slurm job ends,
+reading how it ended from any of:
+- the exit status (scontrol's ExitCode while Slurm remembers the job): EXIT_* below;
+- the last stdout line (the --output file): `ltxq-result {json}` with the TrainResult;
+- the job log, as for a job the daemon runs itself.
+The daemon must re-read running/<id>.toml before it finishes the job: this process updates
+[job].checkpoint / step / validation_sample there. Nothing heavy is imported at module level.
 """
 
 from __future__ import annotations
@@ -31,25 +29,28 @@ import signal
 import socket
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
-from ltxq.errors import LtxqError
+from ltxq.errors import JobNotFound, LtxqError
+from ltxq.jobrun import JobRun
 from ltxq.run import Outcome, TrainResult
+from ltxq.spool import Claim, Spool, State
 
 EXIT_COMPLETED = 0    # every step ran; the final LoRA is written
 EXIT_FAILED = 1       # training raised; the error is in the job log and the result line
 EXIT_USAGE = 2        # bad arguments, or the job file does not validate
-EXIT_STOPPED = 3      # stopped on a signal or a cancel request; a checkpoint was saved
-EXIT_NOT_OURS = 4     # the job is not in running/ (or belongs to another Slurm job): did nothing
+EXIT_STOPPED = 3      # stopped by a signal or a cancel request; a checkpoint was saved
+EXIT_NOT_OURS = 4     # the job is not running, or belongs to another Slurm job: did nothing
+EXIT_NO_TRAINER = 5   # the trainer cannot be loaded on this node: requeue, not the job's fault
 
 RESULT_PREFIX = "ltxq-result "
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
-TrainFn = Callable[..., TrainResult]
+Trainer = Callable[[Any, Any], Any]
 
 
 class StopFlag:
@@ -57,7 +58,7 @@ class StopFlag:
 
     def __init__(self) -> None:
         self._event = threading.Event()
-        self.signal_name: str | None = None
+        self.reason: str | None = None
 
     def install(self, signals: Sequence[signal.Signals] = STOP_SIGNALS) -> None:
         """Make each of SIGNALS set the flag instead of killing the process."""
@@ -66,14 +67,12 @@ class StopFlag:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         # Only record: logging or I/O in a signal handler is not safe.
-        if self.signal_name is None:
-            self.signal_name = signal.Signals(signum).name
-        self._event.set()
+        self.set(signal.Signals(signum).name)
 
     def set(self, reason: str) -> None:
-        """Set the flag without a signal (tests, or a caller with its own reason)."""
-        if self.signal_name is None:
-            self.signal_name = reason
+        """Set the flag, keeping the first REASON (a signal name)."""
+        if self.reason is None:
+            self.reason = reason
         self._event.set()
 
     def is_set(self) -> bool:
@@ -81,110 +80,88 @@ class StopFlag:
         return self._event.is_set()
 
 
-@dataclass
-class EntryRun:
-    """The Run the trainer gets on a compute node: job log, cancel file, Slurm's signals."""
+class EntryRun(JobRun):
+    """The daemon's Run, plus Slurm's signals, and a stop once the job leaves running/."""
 
-    job_id: int | None
-    output_dir: Path
-    device: str | None
-    log_path: Path
-    cancel_path: Path
-    stop: StopFlag
-    _stop_logged: bool = field(default=False, repr=False)
+    def __init__(self, spool: Spool, claim: Claim, device: str | None, stop: StopFlag):
+        super().__init__(spool, claim, device, self._slurm_stop)
+        self._stop = stop
+        self._told = False
 
-    def should_stop(self) -> bool:
-        """Return True after a Slurm signal or once `ltxq cancel` wrote the cancel file."""
-        if self.stop.is_set():
-            if not self._stop_logged:
-                self._stop_logged = True
-                self.log(f"received {self.stop.signal_name} from Slurm: stopping at a checkpoint")
-            return True
-        return self.cancel_path.exists()
-
-    def progress(self, step: int, total: int, loss: float, lr: float,
-                 seconds_per_step: float) -> None:
-        """Append a progress line to the job log."""
-        self.log(f"step {step}/{total} loss {loss:.6g} lr {lr:.3g} "
-                 f"{seconds_per_step:.3f} s/step")
-
-    def log(self, message: str) -> None:
-        """Append MESSAGE to the job log, one line, with a UTC timestamp."""
-        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        line = f"{stamp} {' '.join(message.splitlines())}\n"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("a", encoding="utf-8") as f:
-            f.write(line)
+    def _slurm_stop(self) -> bool:
+        if not self._stop.is_set() and not self._claim.entry.path.exists():
+            # Its owner gave it up (recovery, a person): training on would run the job twice.
+            self._stop.set("job left running/")
+        if self._stop.is_set() and not self._told:
+            self._told = True
+            self.log(f"{self._stop.reason} on the Slurm node: stopping at a checkpoint")
+        return self._stop.is_set()
 
     def checkpoint_saved(self, path: Path, step: int) -> None:
-        """Record a complete checkpoint in the job log."""
-        self.log(f"checkpoint step {step} saved: {path}")
+        """Log the checkpoint; record it in [job] only while the job is still ours."""
+        if self._claim.entry.path.exists():
+            super().checkpoint_saved(path, step)
+        else:
+            self.log(f"checkpoint step {step}: {path}")
 
     def sample_written(self, path: Path, step: int) -> None:
-        """Record a validation video in the job log."""
-        self.log(f"sample step {step} written: {path}")
+        """Log the validation video; record it in [job] only while the job is still ours."""
+        if self._claim.entry.path.exists():
+            super().sample_written(path, step)
+        else:
+            self.log(f"sample step {step}: {path}")
 
 
-def find_running(spool: Path, job_id: int) -> Path | None:
-    """Return the job's file in SPOOL/running/ (names may be zero-padded), or None."""
-    running = spool / "running"
-    for name in (f"{job_id}.toml", f"{job_id:06d}.toml"):
-        if (running / name).is_file():
-            return running / name
-    try:
-        entries = list(running.iterdir())
-    except FileNotFoundError:
-        return None
-    for path in entries:
-        if path.suffix == ".toml" and path.stem.isdigit() and int(path.stem) == job_id:
-            return path
-    return None
-
-
-def run_job(spool: Path, job_id: int, stop: StopFlag, *, train: TrainFn | None = None,
+def run_job(spool: Spool, job_id: int, stop: StopFlag, *, trainer: Trainer | str | None = None,
             device: str | None = None) -> tuple[int, TrainResult | None, str | None]:
-    """Train one claimed job here; return (exit status, result, error text)."""
-    from ltxq.job import parse_job  # cheap, but only needed here
+    """Train claimed job JOB_ID in this process; return (exit status, result, error text).
 
-    path = find_running(spool, job_id)
-    if path is None:
-        return EXIT_NOT_OURS, None, f"job {job_id} is not in {spool / 'running'}"
+    TRAINER is a function or a "module:function" name (default: $LTXQ_TRAINER or the real one).
+    """
     try:
-        job = parse_job(path.read_bytes(), file=path)
-    except FileNotFoundError:
-        # The daemon moved it (cancel, recovery) between our look and our read.
-        return EXIT_NOT_OURS, None, f"job {job_id} left {spool / 'running'}"
+        entry = spool.get(job_id)
+    except JobNotFound:
+        return EXIT_NOT_OURS, None, f"no job {job_id} in {spool.path}"
     except LtxqError as e:
         return EXIT_USAGE, None, str(e)
+    if entry.state is not State.RUNNING:
+        return EXIT_NOT_OURS, None, f"job {job_id} is {entry.state}, not running"
     ours = os.environ.get("SLURM_JOB_ID")
-    if ours and job.meta.slurm_job_id and job.meta.slurm_job_id != ours:
-        # A Slurm job the daemon gave up on (and resubmitted) must not train the job twice.
-        return EXIT_NOT_OURS, None, (f"job {job_id} belongs to Slurm job {job.meta.slurm_job_id}, "
-                                     f"not {ours}")
-    run = EntryRun(
-        job_id=job_id,
-        output_dir=job.output_dir(),
-        device=device or job.meta.device,
-        log_path=spool / "logs" / f"{job_id}.log",
-        cancel_path=spool / "control" / f"{job_id}.cancel",
-        stop=stop,
-    )
-    where = f"{socket.gethostname()}:{os.getpid()}"
-    run.log(f"started on {where} (Slurm job {ours or '-'})")
+    theirs = entry.job.meta.slurm_job_id
+    if ours and theirs and theirs != ours:
+        # A Slurm job its daemon gave up on (and resubmitted) must not train the job twice.
+        return EXIT_NOT_OURS, None, f"job {job_id} belongs to Slurm job {theirs}, not {ours}"
+    # The lock is not taken here: the daemon that submitted this Slurm job holds it.
+    run = EntryRun(spool, Claim(entry, spool.lock(job_id)), device, stop)
+    run.log(f"Slurm job {ours or '-'} started on {socket.gethostname()}:{os.getpid()} "
+            f"(device {device or 'auto'}); output {run.output_dir}")
     try:
-        result = (train or _load_trainer())(job.config, run)
+        train = trainer if callable(trainer) else _resolve(trainer)
     except LtxqError as e:
-        run.log(f"failed: {e}")
-        return EXIT_FAILED, None, str(e)
+        run.log(f"{e}; the daemon requeues it")
+        return EXIT_NO_TRAINER, None, str(e)
+    try:
+        result = train(entry.job.config, run)
     except Exception as e:  # noqa: BLE001 - the edge: any crash becomes the job's error
-        text = f"{type(e).__name__}: {e}"
-        run.log(f"failed: {text}")
-        return EXIT_FAILED, None, text
+        error = one_line(e)
+        run.log("failed: " + error)
+        for line in traceback.format_exc().rstrip().splitlines():
+            run.log("  " + line)
+        return EXIT_FAILED, None, error
     if result.outcome == Outcome.COMPLETED:
-        run.log(f"completed at step {result.step}/{result.total_steps}")
+        run.log(f"Slurm job {ours or '-'} completed at step {result.step}/{result.total_steps}")
         return EXIT_COMPLETED, result, None
-    run.log(f"stopped at step {result.step}/{result.total_steps}, checkpoint {result.checkpoint}")
+    run.log(f"Slurm job {ours or '-'} stopped at step {result.step}/{result.total_steps}"
+            f" ({stop.reason or 'cancel requested'})")
     return EXIT_STOPPED, result, None
+
+
+def one_line(e: BaseException) -> str:
+    """The error line a user sees: ltxq's own messages as is, others with their type."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if isinstance(e, LtxqError):
+        return text or type(e).__name__
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def result_line(status: int, result: TrainResult | None, error: str | None) -> str:
@@ -210,11 +187,13 @@ def parse_result_line(text: str) -> dict[str, object] | None:
 
 
 def batch_script(spool: Path, job_id: int, *, python: Path | None = None,
-                 workdir: Path | None = None, device: str | None = None) -> str:
+                 trainer: str | None = None, device: str | None = None,
+                 workdir: Path | None = None) -> str:
     """Return the sbatch script that runs job JOB_ID of SPOOL on the compute node."""
-    py = python or Path(sys.executable)
-    argv = [str(py), "-m", "ltxq.slurm_entry", "--spool", str(spool.resolve()),
-            "--job", str(job_id)]
+    argv = [str(python or sys.executable), "-m", "ltxq.slurm_entry",
+            "--spool", str(Path(spool).absolute()), "--job", str(job_id)]
+    if trainer:
+        argv += ["--trainer", trainer]
     if device:
         argv += ["--device", device]
     lines = ["#!/bin/sh", f"# ltxq job {job_id}: written by the ltxq daemon, run by Slurm."]
@@ -225,27 +204,30 @@ def batch_script(spool: Path, job_id: int, *, python: Path | None = None,
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None, *, train: TrainFn | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run one claimed job on this node; return the exit status (EXIT_*)."""
     parser = argparse.ArgumentParser(
         prog="python -m ltxq.slurm_entry",
-        description="Run one claimed ltxq job on a Slurm compute node.")
+        description="Run one claimed ltxq job on a Slurm compute node (started by the daemon).")
     parser.add_argument("--spool", type=Path, required=True, help="the shared spool folder")
     parser.add_argument("--job", type=int, required=True, help="the ltxq job id")
+    parser.add_argument("--trainer", default=None,
+                        help="module:function (default: $LTXQ_TRAINER or ltxq.trainer:train)")
     parser.add_argument("--device", default=None, help="torch device (default: best available)")
     args = parser.parse_args(argv)
     stop = StopFlag()
     stop.install()  # before anything slow, so an early signal is not lost
-    status, result, error = run_job(args.spool, args.job, stop, train=train, device=args.device)
+    status, result, error = run_job(Spool(args.spool), args.job, stop, trainer=args.trainer,
+                                    device=args.device)
     if error:
         print(f"ltxq: job {args.job}: {error}", file=sys.stderr)
     print(result_line(status, result, error), flush=True)
     return status
 
 
-def _load_trainer() -> TrainFn:
-    from ltxq.trainer import train  # heavy: torch loads here, on the compute node only
-    return train
+def _resolve(spec: str | None) -> Trainer:
+    from ltxq.daemon import resolve_trainer  # the daemon's rules: $LTXQ_TRAINER, module:function
+    return resolve_trainer(spec)
 
 
 def _str(path: Path | None) -> str | None:

@@ -19,9 +19,9 @@ import pytest
 from ltxq import slurm, slurm_entry
 from ltxq.errors import LtxqError
 from ltxq.slurm import JobState
-from test_slurm_entry import make_spool  # tests/ is on sys.path (no __init__.py)
-
-REPO = Path(__file__).resolve().parent.parent
+from ltxq.spool import State
+from conftest import REPO
+from test_slurm_entry import FAKE, Claimed
 
 
 # --- without a cluster -------------------------------------------------------------------------
@@ -196,17 +196,21 @@ def test_requeue_restarts_the_same_job_id(jobs, tmp_path: Path) -> None:
 
 
 def test_entry_through_slurm_leaves_an_unclaimed_job_alone(jobs, tmp_path: Path) -> None:
-    """The daemon's batch script really execs the entry on the node (no job in running/ here)."""
-    spool = make_spool(tmp_path, job_id=7)
-    out = tmp_path / "slurm.out"
-    script = slurm_entry.batch_script(spool, 8, python=Path(sys.executable), workdir=tmp_path)
-    job_id = slurm.submit_batch(script, name="ltxq-8", output=out, signal=None,
-                                env={"PYTHONPATH": str(REPO)})
-    jobs.append(job_id)
-    state = wait_for("the entry to finish", finished_state(job_id))
-    doc = slurm_entry.parse_result_line(out.read_text())
-    assert doc is not None and doc["exit"] == slurm_entry.EXIT_NOT_OURS, out.read_text()
-    assert state in (JobState.FAILED, "gone")
+    """The daemon's batch script really execs the entry on the node (job 2 is not claimed)."""
+    c = Claimed(tmp_path)
+    try:
+        out = tmp_path / "slurm.out"
+        script = slurm_entry.batch_script(c.spool.path, c.id + 1, python=Path(sys.executable),
+                                          trainer=FAKE, workdir=tmp_path)
+        job_id = slurm.submit_batch(script, name=f"ltxq-{c.id + 1}", output=out, signal=None,
+                                    env={"PYTHONPATH": str(REPO)})
+        jobs.append(job_id)
+        state = wait_for("the entry to finish", finished_state(job_id))
+        doc = slurm_entry.parse_result_line(out.read_text())
+        assert doc is not None and doc["exit"] == slurm_entry.EXIT_NOT_OURS, out.read_text()
+        assert state in (JobState.FAILED, "gone")
+    finally:
+        c.release()
 
 
 def test_time_limit_signal_stops_the_job_at_a_checkpoint(jobs, tmp_path: Path) -> None:
@@ -214,41 +218,32 @@ def test_time_limit_signal_stops_the_job_at_a_checkpoint(jobs, tmp_path: Path) -
 
     slurmctld checks signal times every ~30 s, so this waits up to about 30 s (measured: 10 s).
     """
-    spool = make_spool(tmp_path, job_id=7)
-    (tmp_path / "slow_trainer.py").write_text(
-        "import time\n"
-        "from ltxq.run import Outcome, TrainResult\n"
-        "def train(config, run):\n"
-        "    for step in range(1, 100000):\n"
-        "        if run.should_stop():\n"
-        "            ckpt = run.output_dir / 'checkpoints' / f'step_{step - 1:05d}'\n"
-        "            ckpt.mkdir(parents=True)\n"
-        "            run.checkpoint_saved(ckpt, step - 1)\n"
-        "            return TrainResult(Outcome.STOPPED, step - 1, 100000, checkpoint=ckpt)\n"
-        "        time.sleep(0.05)\n"
-        "        if step % 20 == 0:\n"
-        "            run.progress(step, 100000, 0.5, 1e-4, 0.05)\n"
-        "    return TrainResult(Outcome.COMPLETED, 100000, 100000)\n")
-    # The same shape as batch_script(), with the stand-in trainer passed in.
-    script = ("#!/bin/sh\n"
-              f"exec {sys.executable} -c 'import sys, slow_trainer; from ltxq.slurm_entry import "
-              "main; sys.exit(main(sys.argv[1:], train=slow_trainer.train))' "
-              f"--spool {spool} --job 7\n")
-    out = tmp_path / "slurm.out"
-    job_id = slurm.submit_batch(script, name="ltxq-7", time_limit=1, signal="B:USR1@60",
-                                output=out, workdir=tmp_path,
-                                env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"})
-    jobs.append(job_id)
-    state = wait_for("USR1 and a clean stop", finished_state(job_id), limit_s=75)
-    text = out.read_text()
-    doc = slurm_entry.parse_result_line(text)
-    assert doc is not None, text
-    assert doc["exit"] == slurm_entry.EXIT_STOPPED and doc["outcome"] == "stopped"
-    assert Path(str(doc["checkpoint"])).is_dir()
-    log = (spool / "logs" / "7.log").read_text()
-    assert "received SIGUSR1 from Slurm" in log
-    assert f"(Slurm job {job_id})" in log
-    # Exit 3 reads FAILED to Slurm; TIMEOUT would mean the signal came too late.
-    assert state in (JobState.FAILED, "gone")
-    if state != "gone":
-        assert slurm.job_info(job_id)["ExitCode"] == f"{slurm_entry.EXIT_STOPPED}:0"
+    c = Claimed(tmp_path, steps=100000, interval=0, slow=0.05)
+    try:
+        out = tmp_path / "slurm.out"
+        script = slurm_entry.batch_script(c.spool.path, c.id, python=Path(sys.executable),
+                                          trainer=FAKE, workdir=tmp_path)
+        job_id = slurm.submit_batch(script, name=f"ltxq-{c.id}", time_limit=1,
+                                    signal="B:USR1@60", output=out,
+                                    env={"PYTHONPATH": str(REPO)})
+        jobs.append(job_id)
+        c.spool.update(c.claim, slurm_job_id=job_id)   # what the executor records
+        state = wait_for("USR1 and a clean stop", finished_state(job_id), limit_s=75)
+        text = out.read_text()
+        doc = slurm_entry.parse_result_line(text)
+        assert doc is not None, text
+        assert doc["exit"] == slurm_entry.EXIT_STOPPED and doc["outcome"] == "stopped"
+        assert Path(str(doc["checkpoint"])).is_dir()
+        log = c.log()
+        assert "SIGUSR1 on the Slurm node: stopping at a checkpoint" in log
+        assert f"Slurm job {job_id} stopped at step {doc['step']}/100000 (SIGUSR1)" in log
+        entry = c.job()
+        assert entry.state is State.RUNNING            # moving it is the daemon's part
+        assert entry.job.meta.checkpoint == doc["checkpoint"]
+        assert entry.job.meta.slurm_job_id == job_id
+        # Exit 3 reads FAILED to Slurm; TIMEOUT would mean the signal came too late.
+        assert state in (JobState.FAILED, "gone")
+        if state != "gone":
+            assert slurm.job_info(job_id)["ExitCode"] == f"{slurm_entry.EXIT_STOPPED}:0"
+    finally:
+        c.release()
