@@ -115,3 +115,11 @@ def test_config_modules_import_without_torch() -> None:
     code = "import ltxq, ltxq.config, ltxq.job, ltxq.run, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_config_reference_is_current() -> None:
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(root / "scripts" / "config_reference.py")],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout == (root / "docs" / "CONFIG.md").read_text(), \
+        "docs/CONFIG.md is stale: run scripts/config_reference.py > docs/CONFIG.md"
