@@ -9,6 +9,7 @@ on submit, the trainer reads it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import types
 import typing
@@ -239,9 +240,14 @@ def describe_fields() -> list[tuple[str, str, Any, str]]:
 # --- parsing helpers -------------------------------------------------------------------
 
 
+@functools.cache
+def _schema(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field]]:
+    # get_type_hints evaluates string annotations: costly, and status parses thousands of jobs.
+    return typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
+
+
 def _parse_section(cls: type, table: dict[str, Any], section: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints, fields = _schema(cls)
     for key in table:
         if key not in fields:
             raise ConfigError(f"unknown key (known: {', '.join(fields)})", key=f"{section}.{key}")

@@ -1,0 +1,117 @@
+"""Command-line cost: `status`, `status --json` and `submit` against the bare interpreter start.
+
+Spools of 10, 1,000 and 10,000 jobs are filled by writing job files the way `submit` does
+(most jobs done, some failed/cancelled, a few pending and one running with a log), then each
+command runs REPEAT times as a fresh process, alternating with `python -c pass` so both see the
+same machine. Prints medians and the ratio to the floor, and checks that none imports torch.
+
+    .venv/bin/python bench/bench_cli.py [--sizes 10,1000,10000] [--repeat 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ltxq.job import dump_job, job_from_dict, now
+from ltxq.spool import Spool, State, file_name
+
+CONFIG = """
+[model]
+source = "tiny-random"
+[data]
+dataset = "{dataset}"
+resolution = "64x64x9"
+[lora]
+rank = 4
+[optimization]
+steps = 20
+[checkpoints]
+interval = 5
+[validation]
+interval = 10
+video = "64x64x9"
+"""
+
+
+def fill(spool_dir: Path, dataset: Path, count: int) -> None:
+    """Write COUNT jobs into a fresh spool: 90% done, the rest spread over the other states."""
+    spool = Spool(spool_dir)
+    spool.ensure()
+    base = job_from_dict(__import__("tomllib").loads(CONFIG.format(dataset=dataset)))
+    stamp = now()
+    for i in range(1, count + 1):
+        state = (State.RUNNING if i == count else State.PENDING if i > count - 5 else
+                 State.FAILED if i % 20 == 0 else State.CANCELLED if i % 33 == 0 else State.DONE)
+        finished = stamp if state in (State.DONE, State.FAILED, State.CANCELLED) else None
+        job = base.with_meta(id=i, name=f"job-{i}", submitted_at=stamp, finished_at=finished,
+                             error="boom" if state is State.FAILED else None)
+        (spool_dir / state.value / file_name(i)).write_text(dump_job(job))
+        if state is State.RUNNING:
+            (spool_dir / "logs" / f"{i:06d}.log").write_text(
+                "".join(f"2026-11-28 10:00:{s % 60:02d} step {s}/20 loss 1.{s:04d} lr 2.00e-04 "
+                        f"0.030 s/step eta 0:00:01\n" for s in range(1, 11)))
+    (spool_dir / "locks" / "last-id").write_text(str(count))
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   check=True)
+    return time.perf_counter() - start
+
+
+def imports_torch(args: list[str], env: dict[str, str]) -> bool:
+    code = ("import sys; sys.argv = ['ltxq', *sys.argv[1:]]\n"
+            "from ltxq.cli import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NOTORCH', file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
+                         text=True)
+    return "NOTORCH" not in out.stderr
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10,1000,10000")
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args()
+    ltxq = [sys.executable, "-m", "ltxq"]
+    print(f"command-line cost, median of {args.repeat} runs, ratio to `python -c pass`")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        dataset = tmp_path / "data"
+        dataset.mkdir()
+        job_file = tmp_path / "job.toml"
+        job_file.write_text(CONFIG.format(dataset=dataset))
+        for size in (int(s) for s in args.sizes.split(",")):
+            spool_dir = tmp_path / f"spool{size}"
+            fill(spool_dir, dataset, size)
+            env = {**os.environ, "LTXQ_SPOOL": str(spool_dir)}
+            commands = {
+                "status": [*ltxq, "status"],
+                "status --json --state all": [*ltxq, "status", "--json", "--state", "all"],
+                "submit": [*ltxq, "submit", str(job_file)],
+            }
+            floor, results = [], {name: [] for name in commands}
+            for _ in range(args.repeat):
+                floor.append(timed([sys.executable, "-c", "pass"], env))
+                for name, cmd in commands.items():
+                    results[name].append(timed(cmd, env))
+            base = statistics.median(floor)
+            print(f"\n{size:>6} jobs   python -c pass          {base * 1000:8.1f} ms")
+            for name, times in results.items():
+                med = statistics.median(times)
+                torch = imports_torch(commands[name][3:], env)
+                print(f"{'':13}{name:<26}{med * 1000:8.1f} ms  x{med / base:6.1f}"
+                      f"{'  IMPORTS TORCH' if torch else ''}")
+
+
+if __name__ == "__main__":
+    main()
