@@ -1,0 +1,193 @@
+"""Daemon costs: claim latency, idle CPU, a 4-daemon drain, and the job-to-job gap.
+
+Everything runs through the real command line and the real trainer on the tiny-random model
+(jobs of a few steps, no validation video), with a fresh preprocessing cache.
+
+- claim latency: an idle daemon (--poll P) and `submit`; time until the file is in running/.
+  Target: under P + 0.2 s.
+- idle CPU: a daemon on an empty spool for IDLE seconds; CPU time / wall time. Target < 1%.
+- drain: 4 daemons over JOBS tiny jobs; jobs per minute, and every job started exactly once
+  (one "started on" line per log, every job in done/).
+- gap: one daemon, two jobs on the same model and dataset; the time from a job's claim (first
+  job) or the previous job's end (second job) to its first training step. Target: the second
+  gap under 25% of the first.
+
+    .venv/bin/python bench/bench_daemon.py [--jobs 200] [--idle 20] [--only gap,claim,idle,drain]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+LTXQ = [sys.executable, "-m", "ltxq"]
+JOB = """
+[job]
+name = "{name}"
+[model]
+source = "tiny-random"
+[data]
+dataset = "{dataset}"
+resolution = "64x64x9"
+[lora]
+rank = 4
+[optimization]
+steps = {steps}
+[checkpoints]
+interval = 0
+[validation]
+interval = 0
+[output]
+root = "{outputs}"
+"""
+
+
+class Bench:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.spool = root / "spool"
+        self.env = {**os.environ, "LTXQ_SPOOL": str(self.spool),
+                    "LTXQ_CACHE": str(root / "cache"), "PYTHONUNBUFFERED": "1"}
+        self.dataset = root / "data"
+        subprocess.run([*LTXQ, "demo-data", str(self.dataset), "--clips", "2"], env=self.env,
+                       check=True, stdout=subprocess.DEVNULL)
+        self.job_file = root / "job.toml"
+        self.write_job(self.job_file, steps=3)
+
+    def write_job(self, path: Path, steps: int, name: str = "bench") -> Path:
+        path.write_text(JOB.format(name=name, dataset=self.dataset, steps=steps,
+                                   outputs=self.root / "outputs"))
+        return path
+
+    def submit(self, *extra: str) -> int:
+        out = subprocess.run([*LTXQ, "submit", str(self.job_file), *extra], env=self.env,
+                             check=True, capture_output=True, text=True)
+        return int(out.stdout.split()[0])
+
+    def daemon(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen([*LTXQ, "daemon", *args], env=self.env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def path(self, state: str, job_id: int) -> Path:
+        return self.spool / state / f"{job_id:06d}.toml"
+
+    def log(self, job_id: int) -> Path:
+        return self.spool / "logs" / f"{job_id:06d}.log"
+
+    def wait_for(self, predicate, timeout: float = 300.0, every: float = 0.002) -> float:
+        start = time.perf_counter()
+        while not predicate():
+            if time.perf_counter() - start > timeout:
+                raise TimeoutError("benchmark waited too long")
+            time.sleep(every)
+        return time.perf_counter()
+
+    def first_step_logged(self, job_id: int) -> bool:
+        log = self.log(job_id)
+        return log.exists() and " step 1/" in log.read_text()
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def bench_claim(b: Bench, poll: float, rounds: int) -> None:
+    proc = b.daemon("--poll", str(poll))
+    try:
+        latencies = []
+        for _ in range(rounds):
+            job_id = b.submit()
+            start = time.perf_counter()
+            latencies.append(b.wait_for(lambda: b.path("running", job_id).exists()) - start)
+            b.wait_for(lambda: b.path("done", job_id).exists(), every=0.05)
+            time.sleep(poll * 0.37)  # land the next submit at varying points of the poll cycle
+    finally:
+        stop(proc)
+    med = statistics.median(latencies)
+    print(f"claim latency (poll {poll:.1f} s, {rounds} jobs)  median {med:.3f} s  "
+          f"max {max(latencies):.3f} s  target < {poll + 0.2:.1f} s")
+
+
+def bench_idle(b: Bench, seconds: float) -> None:
+    proc = b.daemon("--poll", "2")
+    time.sleep(3)  # past start-up
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def cpu() -> float:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    c0, t0 = cpu(), time.perf_counter()
+    time.sleep(seconds)
+    c1, t1 = cpu(), time.perf_counter()
+    stop(proc)
+    print(f"idle daemon CPU over {seconds:.0f} s  {100 * (c1 - c0) / (t1 - t0):.2f}% of one core"
+          f"  target < 1%")
+
+
+def bench_drain(b: Bench, jobs: int, daemons: int) -> None:
+    ids = [b.submit() for _ in range(jobs)]
+    start = time.perf_counter()
+    procs = [b.daemon("--exit-when-idle", "--poll", "0.2") for _ in range(daemons)]
+    for p in procs:
+        p.wait(timeout=3600)
+    took = time.perf_counter() - start
+    done = sum(b.path("done", i).exists() for i in ids)
+    starts = [b.log(i).read_text().count(" started on ") for i in ids]
+    twice = [i for i, n in zip(ids, starts) if n != 1]
+    print(f"drain: {daemons} daemons, {jobs} jobs of 3 steps  {took:.1f} s  "
+          f"{60 * jobs / took:.1f} jobs/min  done {done}/{jobs}  "
+          f"jobs not started exactly once: {len(twice)} {twice[:5]}")
+
+
+def bench_gap(b: Bench) -> None:
+    first = b.submit()
+    second = b.submit()
+    proc = b.daemon("--exit-when-idle", "--poll", "0.5")
+    claimed = b.wait_for(lambda: b.path("running", first).exists())
+    step1 = b.wait_for(lambda: b.first_step_logged(first))
+    ended = b.wait_for(lambda: b.path("done", first).exists())
+    step2 = b.wait_for(lambda: b.first_step_logged(second))
+    proc.wait(timeout=300)
+    gap1, gap2 = step1 - claimed, step2 - ended
+    print(f"job-to-job gap: first job {gap1:.2f} s (claim -> first step, cold)  "
+          f"second job {gap2:.2f} s (previous end -> first step, warm)  "
+          f"ratio {gap2 / gap1:.3f}  target < 0.25")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--daemons", type=int, default=4)
+    parser.add_argument("--idle", type=float, default=20.0)
+    parser.add_argument("--poll", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--only", default="gap,claim,idle,drain")
+    args = parser.parse_args()
+    wanted = args.only.split(",")
+    for name in wanted:
+        with tempfile.TemporaryDirectory() as tmp:
+            b = Bench(Path(tmp))
+            if name == "gap":
+                bench_gap(b)
+            elif name == "claim":
+                bench_claim(b, args.poll, args.rounds)
+            elif name == "idle":
+                bench_idle(b, args.idle)
+            elif name == "drain":
+                bench_drain(b, args.jobs, args.daemons)
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
