@@ -247,3 +247,24 @@ def test_time_limit_signal_stops_the_job_at_a_checkpoint(jobs, tmp_path: Path) -
             assert slurm.job_info(job_id)["ExitCode"] == f"{slurm_entry.EXIT_STOPPED}:0"
     finally:
         c.release()
+
+
+def test_admin_scancel_gives_the_entry_sigterm_and_a_checkpoint(jobs, tmp_path: Path) -> None:
+    """scancel sends SIGTERM, then SIGKILL after KillWait (5 s here): the entry stops in time."""
+    c = Claimed(tmp_path, steps=100000, interval=0, slow=0.05)
+    try:
+        out = tmp_path / "slurm.out"
+        script = slurm_entry.batch_script(c.spool.path, c.id, python=Path(sys.executable),
+                                          trainer=FAKE, workdir=tmp_path)
+        job_id = slurm.submit_batch(script, name=f"ltxq-{c.id}", output=out, signal=None,
+                                    env={"PYTHONPATH": str(REPO)})
+        jobs.append(job_id)
+        wait_for("training to start", lambda: "/100000 loss" in c.log())
+        slurm.cancel(job_id)
+        assert wait_for("the cancel", finished_state(job_id)) in (JobState.CANCELLED, "gone")
+        doc = wait_for("the result line", lambda: slurm_entry.parse_result_line(out.read_text()))
+        assert doc["exit"] == slurm_entry.EXIT_STOPPED and doc["outcome"] == "stopped"
+        assert "SIGTERM on the Slurm node: stopping at a checkpoint" in c.log()
+        assert c.job().job.meta.checkpoint == doc["checkpoint"]
+    finally:
+        c.release()
