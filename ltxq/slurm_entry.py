@@ -217,6 +217,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stop = StopFlag()
     stop.install()  # before anything slow, so an early signal is not lost
+    if not (args.spool / "running").is_dir():
+        # Spool() would create a fresh, empty spool at a mistyped (or unshared) path.
+        error = f"no spool at {args.spool} (is it on storage this node sees?)"
+        print(f"ltxq: job {args.job}: {error}", file=sys.stderr)
+        print(result_line(EXIT_USAGE, None, error), flush=True)
+        return EXIT_USAGE
     status, result, error = run_job(Spool(args.spool), args.job, stop, trainer=args.trainer,
                                     device=args.device)
     if error:

@@ -255,6 +255,16 @@ def test_entry_bad_arguments_exit_2(tmp_path: Path) -> None:
     assert "--job" in proc.stderr
 
 
+def test_entry_without_a_spool_exits_2_and_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "not-mounted"
+    proc = subprocess.run([sys.executable, "-m", "ltxq.slurm_entry", "--spool", str(missing),
+                           "--job", "1"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == EXIT_USAGE
+    assert f"no spool at {missing}" in proc.stderr
+    assert slurm_entry.parse_result_line(proc.stdout)["exit"] == EXIT_USAGE
+    assert not missing.exists()
+
+
 def test_entry_modules_import_nothing_heavy() -> None:
     code = ("import sys, ltxq.slurm_entry, ltxq.slurm, ltxq.daemon; "
             "heavy = [m for m in ('torch', 'diffusers', 'peft', 'transformers', 'accelerate') "
