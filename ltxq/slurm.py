@@ -189,6 +189,11 @@ def cancel(job_id: str | int, signal: str | None = None, *, full: bool = False) 
         pass
 
 
+def release(job_id: str | int) -> None:
+    """Let JOB_ID, submitted with `--hold` (e.g. to record its id first), be scheduled."""
+    _run(["scontrol", "release", str(job_id)])
+
+
 def requeue(job_id: str | int, *, settle_s: float = 15.0) -> None:
     """Put JOB_ID back into Slurm's queue under the same id and let it start again within seconds."""
     _run(["scontrol", "requeue", str(job_id)])

@@ -160,6 +160,18 @@ def test_trivial_job_completes(jobs, tmp_path: Path) -> None:
     assert slurm.jobs_named("ltxq-test-trivial").get(job_id) in (JobState.COMPLETED, None)
 
 
+def test_held_job_waits_for_release(jobs, tmp_path: Path) -> None:
+    out = tmp_path / "held.out"
+    job_id = slurm.submit_batch("#!/bin/sh\necho ran\n", name="ltxq-test-held", output=out,
+                                signal=None, extra_args=["--hold"])
+    jobs.append(job_id)
+    assert slurm.job_state(job_id) == JobState.PENDING
+    assert slurm.job_info(job_id)["Reason"] == "JobHeldUser"
+    slurm.release(job_id)
+    assert wait_for("the released job", finished_state(job_id)) in (JobState.COMPLETED, "gone")
+    assert out.read_text() == "ran\n"
+
+
 def test_failing_job_reads_failed(jobs, tmp_path: Path) -> None:
     script = tmp_path / "fail.sh"
     script.write_text("#!/bin/sh\nexit 3\n")
