@@ -36,6 +36,9 @@ class LtxqGroup(click.Group):
         except LtxqError as e:
             click.echo(f"ltxq: {e}", err=True)
             ctx.exit(e.exit_code)
+        except BrokenPipeError:  # `ltxq status | head`: the reader left; that is fine
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(0)
         except OSError as e:  # a spool on a full disk, no permission: not a traceback
             click.echo(f"ltxq: {e}", err=True)
             ctx.exit(1)
@@ -215,6 +218,7 @@ def status(spool: Spool, ids: tuple[int, ...], state: str | None, name: str | No
             # Home + clear to end: the table is redrawn in place, without flicker or scroll.
             click.echo(f"\x1b[H\x1b[2J{time.strftime('%H:%M:%S')}  every {watch:g}s, "
                        f"Ctrl-C to stop\n{text}")
+            sys.stdout.flush()
             time.sleep(watch)
     except KeyboardInterrupt:
         pass
@@ -308,7 +312,7 @@ def clear(spool: Spool, states: tuple[str, ...], older_than: str | None) -> None
     click.echo(f"cleared {len(ids)} job(s)" + (": " + " ".join(map(str, ids)) if ids else ""))
 
 
-@cli.command()
+@cli.command(context_settings={"ignore_unknown_options": True})  # so `priority 3 -1` works
 @click.argument("job_id", metavar="ID", type=int)
 @click.argument("priority", metavar="N", type=int)
 @click.pass_obj
