@@ -139,17 +139,13 @@ class Daemon:
             restore()
 
     def _loop(self) -> int:
-        ran = 0
         while not self._stopping:
             self.spool.recover()
             claim = None
             if not self.spool.paused:
                 claim = self.spool.claim(self.worker, self.options.device)
             if claim is not None:
-                ok = self._run_job(claim)
-                ran += 1
-                if not ok:
-                    return 1
+                self._run_job(claim)
                 if self.options.once:
                     return 0
                 continue
@@ -163,8 +159,8 @@ class Daemon:
             self._trainer = resolve_trainer(self.options.trainer)  # torch loads here, not before
         return self._trainer
 
-    def _run_job(self, claim: Claim) -> bool:
-        """Run one claimed job to an outcome; return False if the daemon cannot go on."""
+    def _run_job(self, claim: Claim) -> None:
+        """Run one claimed job to an outcome (LtxqError if the trainer cannot be loaded)."""
         spool, job = self.spool, claim.job
         self.registration.update(job=claim.id)
         device = self.options.device or "auto"
@@ -194,7 +190,6 @@ class Daemon:
         self.registration.update(job=None)
         if state.finished:
             self._notify(claim, state)
-        return True
 
     def _record(self, claim: Claim, result: Any) -> State:
         """Turn a TrainResult into the job's transition; return the new state."""

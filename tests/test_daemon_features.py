@@ -253,6 +253,7 @@ def test_systemd_units_verify(tmp_path, unit, instance):
     text = text.replace("/opt/ltxq/.venv/bin/ltxq", ltxq).replace("/opt/ltxq", str(tmp_path))
     (tmp_path / instance).write_text(text)
     p = subprocess.run(["systemd-analyze", "verify", str(tmp_path / instance)],
-                       capture_output=True, text=True, env=dict(os.environ, SYSTEMD_LOG_LEVEL="warning"))
+                       capture_output=True, text=True,
+                       env=dict(os.environ, SYSTEMD_LOG_LEVEL="warning"))
     assert p.returncode == 0, p.stderr
     assert instance not in p.stderr, p.stderr
