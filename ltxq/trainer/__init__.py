@@ -19,8 +19,14 @@ def train(config: TrainingConfig, run: Run) -> TrainResult:
     """Train the LoRA CONFIG describes into run.output_dir, resuming its newest checkpoint.
 
     Returns COMPLETED or STOPPED (after saving a checkpoint); raises TrainingError for
-    problems the user can fix (missing model or data), other exceptions for bugs.
+    problems the user can fix (missing model or data) and for a rank that died, other
+    exceptions for bugs. With `resources.processes` > 1 the ranks run under torchrun and
+    this process stays their owner (launch.py); otherwise training runs in this process.
     """
+    if config.resources.processes > 1:
+        from ltxq.trainer.launch import train_ranks
+
+        return train_ranks(config, run)
     from ltxq.trainer.loop import train as _train
 
     return _train(config, run)

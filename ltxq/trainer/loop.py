@@ -23,6 +23,7 @@ from ltxq.run import Outcome, Run, TrainResult
 from ltxq.trainer import checkpoint as ckpt
 from ltxq.trainer import export, warm
 from ltxq.trainer.device import make_accelerator, resolve_device, resolve_precision, weight_dtype
+from ltxq.trainer.distributed import Ranks
 from ltxq.trainer.lora import (
     add_lora,
     adapter_metadata,
@@ -40,15 +41,22 @@ CHECKPOINTS_DIR = "checkpoints"
 _SPS_SMOOTHING = 0.1  # weight of the newest step in the s/step average
 
 
-def train(config: TrainingConfig, run: Run) -> TrainResult:
-    """Train the LoRA CONFIG describes, continuing from the newest checkpoint in run.output_dir."""
+def train(config: TrainingConfig, run: Run, ranks: Ranks | None = None) -> TrainResult:
+    """Train the LoRA CONFIG describes, continuing from the newest checkpoint in run.output_dir.
+
+    RANKS places this process in a data-parallel run (default: the only process).
+    """
+    ranks = ranks or Ranks()
     device = resolve_device(run.device)
     precision = resolve_precision(config.optimization.mixed_precision, device)
     with warm.components(config.model.source, revision=config.model.revision,
                          dtype=weight_dtype(precision), device=device, log=run.log) as components:
         try:
-            samples = prepare_dataset(config, components, log=run.log)
-            return fit(config, run, components, samples, device=device, precision=precision)
+            # Rank 0 fills the preprocessing cache; the others then read it instead of racing.
+            with ranks.main_first():
+                samples = prepare_dataset(config, components, log=run.log)
+            return fit(config, run, components, samples, device=device, precision=precision,
+                       ranks=ranks)
         finally:
             remove_lora(components.transformer)
 
@@ -152,6 +160,7 @@ class Trainer:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     generators: Generators
     order: DataOrder
+    ranks: Ranks
     step: int = 0
 
     @property
@@ -173,6 +182,8 @@ class Trainer:
             loss = self.micro_batch_loss()
             self.accelerator.backward(loss / opt.gradient_accumulation_steps)
             total += loss.detach()
+        # Ranks average their gradients (and losses) before clipping, so all step alike.
+        total = self.ranks.average(self.params, total)
         if opt.max_grad_norm > 0:
             self.accelerator.clip_grad_norm_(self.params, opt.max_grad_norm)
         self.optimizer.step()
@@ -185,13 +196,17 @@ class Trainer:
         """Draw a batch, its sigmas, noise and first-frame coins, and return its loss."""
         opt = self.config.optimization
         g = self.geometry
-        batch = self.data.batch(self.order.take(opt.batch_size), self.device)
-        b = batch.latents.shape[0]
-        sigmas = sample_sigmas(b, g.tokens, opt.timestep_sampling, self.generators.sigma)
-        noise = torch.randn((b, g.tokens, batch.latents.shape[1]),
-                            generator=self.generators.noise)
+        # Every rank draws the whole global batch from the shared streams and keeps its own
+        # slice: the streams stay in step on every rank (and in a checkpoint), and N ranks
+        # see what one process with an N times larger batch would.
+        n = opt.batch_size * self.ranks.count
+        mine = self.ranks.shard(opt.batch_size)
+        batch = self.data.batch(self.order.take(n)[mine], self.device)
+        sigmas = sample_sigmas(n, g.tokens, opt.timestep_sampling, self.generators.sigma)[mine]
+        noise = torch.randn((n, g.tokens, self.data.latents.shape[1]),
+                            generator=self.generators.noise)[mine]
         # Always draw the coins, so p = 0 and p > 0 runs see the same noise stream.
-        coins = torch.rand(b, generator=self.generators.condition)
+        coins = torch.rand(n, generator=self.generators.condition)[mine]
         # A one-frame bucket (images) has nothing left to learn from if its frame is clean.
         p = opt.first_frame_conditioning_p if g.frames > 1 else 0.0
         condition = first_frame_mask(coins < p, g.tokens, g.tokens_per_frame)
@@ -208,8 +223,13 @@ class Trainer:
         return {"rank": lora.rank, "alpha": lora.effective_alpha,
                 "target_modules": list(lora.target_modules)}
 
-    def save_checkpoint(self) -> ckpt.Checkpoint:
-        """Save the complete state at the current step (a no-op if it already exists)."""
+    def save_checkpoint(self) -> ckpt.Checkpoint | None:
+        """Save the complete state at the current step (a no-op if it already exists).
+
+        Only rank 0 writes (every rank holds the same state); the others get None.
+        """
+        if not self.ranks.is_main:
+            return None
         existing = ckpt.latest(self.checkpoint_root)
         if existing is not None and existing.step == self.step:
             return existing
@@ -265,7 +285,8 @@ class Trainer:
     def validation_due(self) -> bool:
         """Tell whether samples belong to this step and are not on disk yet."""
         val = self.config.validation
-        if not val.prompts or self.step == 0:
+        # Only rank 0 renders; the others wait for it at the next agreement.
+        if not val.prompts or self.step == 0 or not self.ranks.is_main:
             return False
         due = self.step >= self.config.optimization.steps or (
             val.interval > 0 and self.step % val.interval == 0)
@@ -295,11 +316,12 @@ class Trainer:
         sps = None
         self.components.transformer.train()
         while True:
-            if self.validation_due() and not self.validate():
-                return Outcome.STOPPED
+            interrupted = self.validation_due() and not self.validate()
+            # One agreement per step (`any` is collective): every rank stops at the same
+            # step, so none is left waiting for a peer that has already stopped.
             if self.step >= total:
-                return Outcome.COMPLETED
-            if self.run.should_stop():
+                return Outcome.STOPPED if self.ranks.any(interrupted) else Outcome.COMPLETED
+            if self.ranks.any(interrupted or self.run.should_stop()):
                 return Outcome.STOPPED
             start = time.monotonic()
             loss, lr = self.optimizer_step()
@@ -312,42 +334,60 @@ class Trainer:
 
 def fit(config: TrainingConfig, run: Run, components: Components,
         samples: list[PreparedSample], *, device: torch.device | None = None,
-        precision: str | None = None) -> TrainResult:
+        precision: str | None = None, ranks: Ranks | None = None) -> TrainResult:
     """Train a fresh LoRA on COMPONENTS' transformer over SAMPLES (or continue one).
 
-    The caller removes the adapter afterwards (`lora.remove_lora`).
+    The caller removes the adapter afterwards (`lora.remove_lora`). With RANKS, only rank 0
+    writes to run.output_dir and only its result names files.
     """
+    ranks = ranks or Ranks()
     device = device or resolve_device(run.device)
     precision = precision or resolve_precision(config.optimization.mixed_precision, device)
     output_dir = Path(run.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    export.remove_stale_tmp(output_dir)
-    trainer = _set_up(config, run, components, samples, device, precision)
-    found = ckpt.latest(trainer.checkpoint_root)
+    if ranks.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        export.remove_stale_tmp(output_dir)
+    trainer = _set_up(config, run, components, samples, device, precision, ranks)
+    found = _agreed_checkpoint(trainer.checkpoint_root, ranks)
     if found is not None:
         trainer.restore(found)
     else:
         run.log(f"training {config.optimization.steps} steps on {len(trainer.data)} samples, "
-                f"{device} {precision}, LoRA rank {config.lora.rank}")
-    export.save_config(output_dir, config)
+                f"{device} {precision}, LoRA rank {config.lora.rank}"
+                + (f", {ranks.count} ranks" if ranks.count > 1 else ""))
+    if ranks.is_main:
+        export.save_config(output_dir, config)
     outcome = trainer.loop()
     saved = trainer.save_checkpoint()
     lora_path = None
-    if outcome is Outcome.COMPLETED:
+    if outcome is Outcome.COMPLETED and ranks.is_main:
         lora_path = export.save_lora(output_dir, lora_state_dict(components.transformer),
                                      adapter_metadata(components.transformer))
         export.save_comfy_copy(lora_path)
         run.log(f"LoRA written: {lora_path}")
     return TrainResult(outcome=outcome, step=trainer.step, total_steps=config.optimization.steps,
-                       lora_path=lora_path, checkpoint=saved.path,
+                       lora_path=lora_path, checkpoint=saved.path if saved else None,
                        validation_sample=newest_sample(output_dir))
 
 
+def _agreed_checkpoint(root: Path, ranks: Ranks) -> ckpt.Checkpoint | None:
+    """Return the newest checkpoint under ROOT as rank 0 sees it, so every rank loads it."""
+    found = ckpt.latest(root)
+    step = ranks.from_main(found.step if found is not None else -1)
+    if step < 0:
+        return None
+    if found is None or found.step != step:
+        found = ckpt.Checkpoint(root / ckpt.folder_name(step), step)
+    return found
+
+
 def _set_up(config: TrainingConfig, run: Run, components: Components,
-            samples: list[PreparedSample], device: torch.device, precision: str) -> Trainer:
+            samples: list[PreparedSample], device: torch.device, precision: str,
+            ranks: Ranks) -> Trainer:
     opt = config.optimization
     accelerator = make_accelerator(precision, device)
     # The global RNG drives LoRA dropout; seed it per run (a warm daemon ran other jobs).
+    # Every rank uses the same stream, so the one state in a checkpoint resumes them all.
     torch.manual_seed(opt.seed)
     transformer = components.transformer
     params = add_lora(transformer, config.lora, opt.seed)
@@ -362,7 +402,8 @@ def _set_up(config: TrainingConfig, run: Run, components: Components,
         config=config, run=run, components=components, data=data,
         geometry=Geometry.of(components, data.latents, config.data.frame_rate), device=device,
         accelerator=accelerator, params=params, optimizer=optimizer, scheduler=scheduler,
-        generators=Generators.seeded(opt.seed), order=DataOrder(len(data), opt.seed))
+        generators=Generators.seeded(opt.seed), order=DataOrder(len(data), opt.seed),
+        ranks=ranks)
 
 
 _SAMPLE_NAME = re.compile(r"step_(\d+)_(\d+)\.mp4")
