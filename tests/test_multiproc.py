@@ -53,6 +53,8 @@ def _config(demo: Path, processes: int, **overrides: dict[str, Any]) -> Training
     # its loss weighs samples by their kept tokens, where the ranks average per-rank losses.
     raw = merge(BASE, {"data": {"dataset": str(demo / "demo")},
                        "lora": {"dropout": 0.0},
+                       # Rank 0 renders alone while its peer waits for the next step.
+                       "validation": {"prompts": ["a red ball"], "interval": 15},
                        "optimization": {"steps": STEPS, "batch_size": 2 // processes,
                                         "first_frame_conditioning_p": 0.0},
                        "resources": {"processes": processes}})
@@ -110,6 +112,9 @@ def test_two_ranks_equal_one_process_over_the_same_samples(one_process, two_rank
     for mine, theirs in zip(two_run.progress_calls, one_run.progress_calls):
         assert mine[2] == pytest.approx(theirs[2], rel=1e-5)
     assert [s for _, s in two_run.checkpoints] == [4, 8, 12, 16, 20, 24, 28, 30]
+    assert [(p.name, s) for p, s in two_run.samples] == [("step_000015_0.mp4", 15),
+                                                         ("step_000030_0.mp4", 30)]
+    assert two.validation_sample == two.lora_path.parent / "samples" / "step_000030_0.mp4"
     assert f"2 ranks ended at step {STEPS} (completed)" in two_run.logs
     # Only rank 0 wrote outputs, the same ones as one process; the control folder is gone.
     out = two.lora_path.parent
