@@ -24,7 +24,7 @@ from ltxq.config import TrainingConfig, parse_config
 from ltxq.errors import TrainingError
 from ltxq.run import Outcome, TrainResult
 from ltxq.trainer import checkpoint as ckpt
-from ltxq.trainer import train
+from ltxq.trainer import train, warm
 from ltxq.trainer.demo_data import write_demo_dataset
 from ltxq.trainer.export import LORA_FILE
 from ltxq.trainer.launch import CONTROL_DIR, Control, _alive_rank
@@ -116,6 +116,7 @@ def test_two_ranks_equal_one_process_over_the_same_samples(one_process, two_rank
                                                          ("step_000030_0.mp4", 30)]
     assert two.validation_sample == two.lora_path.parent / "samples" / "step_000030_0.mp4"
     assert f"2 ranks ended at step {STEPS} (completed)" in two_run.logs
+    assert warm.cached_keys() == []  # the one-process job's model was freed for the ranks
     # Only rank 0 wrote outputs, the same ones as one process; the control folder is gone.
     out = two.lora_path.parent
     assert sorted(p.name for p in out.iterdir()) == sorted(

@@ -20,6 +20,7 @@ does, so the job resumes from its newest one, with any number of ranks.
 from __future__ import annotations
 
 import fcntl
+import gc
 import json
 import os
 import re
@@ -111,6 +112,7 @@ def train_ranks(config: TrainingConfig, run: Run) -> TrainResult:
     control.config.write_text(tomli_w.dumps(config_to_dict(config)))
     control.write_json(control.launch, {"output_dir": str(output_dir), "device": run.device,
                                         "job_id": run.job_id})
+    _free_warm_model()
     lock = _OwnerLock(control.owner_lock)
     try:
         proc = _start(control, count)
@@ -142,6 +144,18 @@ class _OwnerLock:
         if self._fd is not None:
             os.close(self._fd)  # the only descriptor: closing it releases the flock
             self._fd = None
+
+
+def _free_warm_model() -> None:
+    """Drop the model an earlier one-process job left loaded here: rank 0 needs its GPU."""
+    warm = sys.modules.get("ltxq.trainer.warm")
+    if warm is None:
+        return  # never loaded in this process (and torch need not be imported to know)
+    warm.clear()
+    torch = sys.modules["torch"]
+    if torch.cuda.is_initialized():
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def _start(control: Control, count: int) -> subprocess.Popen:
