@@ -5,6 +5,10 @@ until done or stopped) -> `optimizer_step` -> `training_loss` (the rectified-flo
 A run is a function of its config and seed: LoRA init, data order, sigmas, noise and the
 first-frame coin all come from seeded generators whose states go into every checkpoint, so a
 resumed run continues exactly where the checkpoint left off.
+
+The same loop runs as one rank of a data-parallel job when given `distributed.Ranks` of a
+process group: each rank keeps its slice of the global batch, gradients are averaged, the
+ranks agree on stopping each step, and only rank 0 writes.
 """
 
 from __future__ import annotations
