@@ -416,14 +416,46 @@ def unpause(spool: Spool) -> None:
               help="Shell command run after each job ends (env LTXQ_JOB_ID, LTXQ_JOB_STATE, ...).")
 @click.option("--trainer", envvar="LTXQ_TRAINER", hidden=True,
               help="module:function to train with (tests).")
+@click.option("--executor", type=click.Choice(["local", "slurm"]), default="local",
+              show_default=True,
+              help="local: train here, one job at a time; slurm: submit each job to Slurm.")
+@click.option("--partition", help="[slurm] Partition (a job's [resources].partition wins).")
+@click.option("--gpus", type=click.IntRange(min=0), default=0, show_default=True,
+              help="[slurm] GPUs per job (at least the job's processes when > 0).")
+@click.option("--time-limit", metavar="TIME", help="[slurm] sbatch --time, e.g. 04:00:00.")
+@click.option("--sbatch-arg", "sbatch_args", multiple=True, metavar="ARG",
+              help="[slurm] Extra sbatch argument (repeatable), e.g. --sbatch-arg=--qos=low.")
+@click.option("--max-jobs", type=click.IntRange(min=1), default=4, show_default=True,
+              help="[slurm] Slurm jobs kept in flight at once.")
+@click.option("--warn-before", metavar="SECONDS", type=click.IntRange(min=1), default=120,
+              show_default=True,
+              help="[slurm] SIGUSR1 this long before the time limit: checkpoint and requeue.")
+@click.option("--cancel-grace", metavar="SECONDS", type=click.FloatRange(min=0), default=60.0,
+              show_default=True, help="[slurm] Wait this long for a cancel, then scancel.")
 @click.pass_obj
 def daemon(spool: Spool, once: bool, exit_when_idle: bool, poll: float, device: str | None,
-           on_finish: str | None, trainer: str | None) -> None:
-    """Run queued jobs one at a time, in this process, until stopped (SIGTERM: requeue, exit 0)."""
+           on_finish: str | None, trainer: str | None, executor: str, partition: str | None,
+           gpus: int, time_limit: str | None, sbatch_args: tuple[str, ...], max_jobs: int,
+           warn_before: int, cancel_grace: float) -> None:
+    """Run queued jobs one at a time, in this process, until stopped (SIGTERM: requeue, exit 0).
+
+    With --executor slurm, submit each job as a Slurm batch job instead and follow it; stopping
+    this daemon leaves those running (the next Slurm daemon adopts them).
+    """
     from ltxq.daemon import Daemon, DaemonOptions, pin_device
 
     if poll <= 0:
         raise click.BadParameter("must be > 0", param_hint="--poll")
+    if executor == "slurm":
+        if device:
+            raise click.BadParameter("Slurm assigns the GPUs: use --gpus", param_hint="--device")
+        from ltxq.slurm_executor import SlurmDaemon, SlurmOptions
+
+        options = DaemonOptions(once=once, exit_when_idle=exit_when_idle, poll=poll,
+                                trainer=trainer, on_finish=on_finish)
+        sys.exit(SlurmDaemon(spool, options, SlurmOptions(
+            partition=partition, gpus=gpus, time_limit=time_limit, sbatch_args=sbatch_args,
+            max_jobs=max_jobs, warn_before=warn_before, cancel_grace=cancel_grace)).run())
     trainer_device = pin_device(device)  # before anything can import torch
     options = DaemonOptions(once=once, exit_when_idle=exit_when_idle, poll=poll, device=device,
                             trainer_device=trainer_device, trainer=trainer, on_finish=on_finish)

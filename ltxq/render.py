@@ -41,6 +41,7 @@ def job_record(spool: Spool, entry: Entry) -> dict[str, Any]:
         "finished_at": _iso(meta.finished_at),
         "worker": meta.worker,
         "device": meta.device,
+        "slurm_job_id": meta.slurm_job_id,
         "step": step,
         "total_steps": job.config.optimization.steps,
         "loss": progress.loss if progress else None,
@@ -90,6 +91,9 @@ def _row(r: dict[str, Any]) -> list[str]:
     rows = [line.rstrip()]
     if r.get("error"):
         rows.append(_cut(f"{'':>5} error: {r['error']}", WIDTH))
+    elif r["state"] == "running" and r.get("slurm_job_id"):
+        rows.append(_cut(f"{'':>5} Slurm job {r['slurm_job_id']} (via {r.get('worker') or '-'})",
+                         WIDTH))
     elif r["state"] == "running" and r.get("worker"):
         rows.append(_cut(f"{'':>5} on {r['worker']}" + (f" ({r['device']})" if r['device'] else ""),
                          WIDTH))
@@ -142,6 +146,9 @@ def workers_table(workers: list[dict[str, Any]]) -> str:
     for w in workers:
         job = str(w["job"]) if w.get("job") is not None else "-"
         step = f"{w['step']}/{w['total_steps']}" if w.get("step") is not None else "-"
-        lines.append(f"{_cut(w['worker'], 28):<28} {w.get('device') or 'auto':<10} {job:>5} "
+        device = "slurm" if w.get("executor") == "slurm" else w.get("device") or "auto"
+        lines.append(f"{_cut(w['worker'], 28):<28} {device:<10} {job:>5} "
                      f"{step:<12} {w.get('started_at', '')[:19]}")
+        for job_id, slurm_id in (w.get("jobs") or {}).items():
+            lines.append(f"{'':<28} {'':<10} {job_id:>5} Slurm job {slurm_id}")
     return "\n".join(lines)

@@ -162,9 +162,25 @@ def job_state(job_id: str | int) -> JobState | None:
     return parse_state(info["JobState"])
 
 
+def job_states(job_ids: Sequence[str | int]) -> dict[str, JobState]:
+    """Return {job id: state} for the JOB_IDS Slurm still knows, in one squeue call."""
+    if not job_ids:
+        return {}
+    try:
+        out = _run(["squeue", "-h", "-t", "all", "-j", ",".join(map(str, job_ids)),
+                    "-o", "%i %T"])
+    except _UnknownJob:  # squeue says so when the only id asked for is gone
+        return {}
+    return _id_states(out)
+
+
 def jobs_named(name: str) -> dict[str, JobState]:
     """Return {job id: state} of every job Slurm still knows with this exact job name."""
-    out = _run(["squeue", "-h", "-t", "all", "--name", name, "-o", "%i %T"])
+    return _id_states(_run(["squeue", "-h", "-t", "all", "--name", name, "-o", "%i %T"]))
+
+
+def _id_states(out: str) -> dict[str, JobState]:
+    """Parse squeue's "%i %T" lines."""
     found: dict[str, JobState] = {}
     for line in out.splitlines():
         parts = line.split()

@@ -510,6 +510,8 @@ class Spool:
             finally:
                 lock.release()
             self.log_path(entry.id).unlink(missing_ok=True)
+            for output in self.dir("logs").glob(f"{stem(entry.id)}.slurm-*.out"):
+                output.unlink(missing_ok=True)
             self.cancel_path(entry.id).unlink(missing_ok=True)
             cleared.append(entry.id)
         if cleared:
@@ -610,7 +612,7 @@ class Spool:
             self.cancel_path(job_id).unlink(missing_ok=True)
             fsutil.move(src, dest)
             job = job.with_meta(started_at=self.clock(), worker=worker, device=device,
-                                error=None, finished_at=None)
+                                error=None, finished_at=None, slurm_job_id=None)
             self._write(dest, job)
             return Claim(Entry(State.RUNNING, dest, job), lock)
         except FileNotFoundError:
@@ -647,7 +649,8 @@ class Spool:
 
     def recover(self) -> list[tuple[int, State]]:
         """Requeue running jobs whose daemon died (attempts + 1), or fail them after
-        max_attempts; return (id, new state) for each."""
+        max_attempts; return (id, new state) for each. Jobs with a Slurm id are left to a Slurm
+        daemon (ltxq.slurm_executor), which knows whether their Slurm job still runs."""
         from ltxq.progress import last_progress
 
         recovered = []
@@ -670,6 +673,8 @@ class Spool:
                     self._set_aside(path, str(e), job_id)
                     continue
                 meta = job.meta
+                if meta.slurm_job_id:
+                    continue  # its Slurm job may live on: a Slurm daemon adopts or settles it
                 attempts = meta.attempts + 1
                 progress = last_progress(self.log_path(job_id))
                 step = progress.step if progress else meta.step
