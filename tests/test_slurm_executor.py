@@ -135,25 +135,51 @@ def test_preemption_requeues_and_resumes_and_a_killed_node_counts_an_attempt(sen
     assert "without a result" in log and "requeued to resume (attempt 1 of 3 used)" in log
 
 
-def test_a_dead_daemon_leaves_its_slurm_job_to_the_next_one(senv: Env) -> None:
-    job_id = senv.submit(str(_config(senv, steps=40, slow=0.1)))
-    d = senv.daemon(*SLURM_ARGS)
+def test_a_stopped_or_dead_daemon_leaves_its_slurm_job_to_the_next_one(senv: Env) -> None:
+    job_id = senv.submit(str(_config(senv, steps=100, slow=0.1)))
+    first = senv.daemon(*SLURM_ARGS)
     wait_for(lambda: (senv.job(job_id)["step"] or 0) >= 3, 120, "training on Slurm")
     sid = _slurm_id(senv, job_id)
     workers = senv.run("workers").stdout
     assert "slurm" in workers and f"Slurm job {sid}" in workers
     assert f"Slurm job {sid} (via" in senv.run("status").stdout
-    d.send_signal(signal.SIGKILL)
-    d.wait(timeout=10)
-    # A local daemon must not rerun it: the job's Slurm job is still training.
+    first.send_signal(signal.SIGTERM)          # systemctl stop: the cluster job runs on
+    out, err = first.communicate(timeout=30)
+    assert first.returncode == 0 and f"job {job_id} = Slurm {sid}" in err, err
+    # A local daemon must not rerun it: its Slurm job is still training.
     local = senv.daemon("--exit-when-idle")
     local.communicate(timeout=60)
     assert senv.job(job_id)["state"] == "running"
+    second = senv.daemon(*SLURM_ARGS)
+    wait_for(lambda: senv.run("logs", str(job_id)).stdout.count("adopts Slurm job") == 1, 60,
+             "the second daemon to adopt it")
+    second.send_signal(signal.SIGKILL)         # a crash: no chance to say anything
+    second.wait(timeout=10)
     senv.daemon(*SLURM_ARGS)
     done = senv.wait_state(job_id, "done", timeout=180)
     assert done["slurm_job_id"] == sid and done["attempts"] == 0
     assert senv.ran() == [(job_id, 0)]                        # one run, adopted, never repeated
-    assert "adopts Slurm job" in senv.run("logs", str(job_id)).stdout
+    assert senv.run("logs", str(job_id)).stdout.count("adopts Slurm job") == 2
+
+
+def test_time_limit_warning_checkpoints_and_requeues(senv: Env) -> None:
+    """--time-limit 1 with --warn-before 60: SIGUSR1 at once (slurmctld checks every ~30 s)."""
+    job_id = senv.submit(str(_config(senv, steps=100000, slow=0.05)))
+    senv.daemon("--executor", "slurm", "--poll", "0.2", "--time-limit", "1",
+                "--warn-before", "60")
+    first = wait_for(lambda: _slurm_id(senv, job_id), 60, "the Slurm job")
+    second = wait_for(lambda: (lambda s: s if s and s != first else None)(_slurm_id(senv, job_id)),
+                      150, "the warning, a checkpoint and a second Slurm job")
+    log = senv.run("logs", str(job_id)).stdout
+    assert "SIGUSR1 on the Slurm node: stopping at a checkpoint" in log
+    assert f"(job {first} " in log and "requeued to resume" in log
+    wait_for(lambda: len(senv.ran()) >= 2, 60, "the second run")
+    assert senv.ran()[1][1] > 0                               # it resumed from the checkpoint
+    assert senv.job(job_id)["attempts"] == 0
+    senv.run("cancel", str(job_id))
+    senv.wait_state(job_id, "cancelled", timeout=120)
+    assert slurm.job_state(second) in (slurm.JobState.FAILED, slurm.JobState.CANCELLED,
+                                       slurm.JobState.COMPLETED, None)
 
 
 # --- the real trainer through Slurm ------------------------------------------------------------
