@@ -19,16 +19,9 @@ from conftest import FAKE, Env, wait_for
 
 from ltxq import slurm
 from ltxq.spool import Spool, State
-from test_slurm import _cluster_reason
+from test_slurm import cluster  # noqa: F401 - the fixture: skip (saying why) without a cluster
 
 SLURM_ARGS = ("--executor", "slurm", "--poll", "0.2", "--warn-before", "30")
-
-
-@pytest.fixture(scope="module")
-def cluster() -> None:
-    reason = _cluster_reason()
-    if reason:
-        pytest.skip(reason)
 
 
 @pytest.fixture
