@@ -139,7 +139,8 @@ def test_warm_job_equals_a_job_alone_in_a_fresh_process(tmp_path: Path) -> None:
 
 
 def test_foreground_run_stops_on_ctrl_c_and_resumes(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture) -> None:
     config, _ = _config(tmp_path, optimization={"steps": 6}, checkpoints={"interval": 0})
     out = tmp_path / "fg"
     real_progress = console.ConsoleRun.progress
@@ -154,6 +155,10 @@ def test_foreground_run_stops_on_ctrl_c_and_resumes(tmp_path: Path,
     assert stopped.outcome is Outcome.STOPPED and stopped.step == 3
     assert stopped.checkpoint == out / "checkpoints" / "step_00003"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # The console names the checkpoint once, above the bar.
+    printed = capsys.readouterr().err
+    assert printed.count(str(stopped.checkpoint)) == 1, printed
+    assert f"checkpoint step 3: {stopped.checkpoint}" in printed
     monkeypatch.setattr(console.ConsoleRun, "progress", real_progress)
     done = console.run_foreground(config, out, device="cpu")
     assert done.outcome is Outcome.COMPLETED and done.step == 6

@@ -46,11 +46,12 @@ class ConsoleRun:
         tqdm.write(message, file=sys.stderr)
 
     def checkpoint_saved(self, path: Path, step: int) -> None:
-        """Checkpoints are already logged by the trainer."""
+        """Print where the checkpoint went."""
+        tqdm.write(f"checkpoint step {step}: {path}", file=sys.stderr)
 
     def sample_written(self, path: Path, step: int) -> None:
         """Print where the video went."""
-        tqdm.write(f"sample: {path}", file=sys.stderr)
+        tqdm.write(f"sample step {step}: {path}", file=sys.stderr)
 
     def close(self) -> None:
         """Finish the bar."""

@@ -253,7 +253,7 @@ class Trainer:
         saved = ckpt.save(self.checkpoint_root, self.step,
                           lora_state_dict(self.components.transformer), state, meta,
                           self.config.checkpoints.keep_last)
-        self.run.log(f"checkpoint saved: {saved.path}")
+        # The Run logs it (one line per checkpoint) and records it where it belongs.
         self.run.checkpoint_saved(saved.path, self.step)
         return saved
 
