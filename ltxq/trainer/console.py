@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 import threading
 from pathlib import Path
 
 from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ltxq.config import TrainingConfig
 from ltxq.run import TrainResult
@@ -80,11 +78,9 @@ def run_foreground(config: TrainingConfig, output_dir: Path,
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:
         previous = signal.signal(signal.SIGINT, on_sigint)
-    # diffusers and transformers warn through logging: print those above the bar too.
-    libraries = [logging.getLogger(name) for name in ("diffusers", "transformers")]
+    # Library warnings reach run.log (train routes them), so they print above the bar too.
     try:
-        with logging_redirect_tqdm(loggers=libraries):
-            result = train(config, run)
+        result = train(config, run)
     finally:
         if in_main:
             signal.signal(signal.SIGINT, previous)

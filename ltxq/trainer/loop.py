@@ -25,7 +25,7 @@ from ltxq.config import TrainingConfig
 from ltxq.errors import TrainingError
 from ltxq.run import Outcome, Run, TrainResult
 from ltxq.trainer import checkpoint as ckpt
-from ltxq.trainer import export, warm
+from ltxq.trainer import export, library_output, warm
 from ltxq.trainer.device import make_accelerator, resolve_device, resolve_precision, weight_dtype
 from ltxq.trainer.distributed import Ranks
 from ltxq.trainer.lora import (
@@ -53,8 +53,10 @@ def train(config: TrainingConfig, run: Run, ranks: Ranks | None = None) -> Train
     ranks = ranks or Ranks()
     device = resolve_device(run.device)
     precision = resolve_precision(config.optimization.mixed_precision, device)
-    with warm.components(config.model.source, revision=config.model.revision,
-                         dtype=weight_dtype(precision), device=device, log=run.log) as components:
+    # Library warnings belong to this job's log, not to the stderr of a daemon running many.
+    with library_output.routed_to(run.log), warm.components(
+            config.model.source, revision=config.model.revision, dtype=weight_dtype(precision),
+            device=device, log=run.log) as components:
         try:
             # Rank 0 fills the preprocessing cache; the others then read it instead of racing.
             with ranks.main_first():
@@ -357,7 +359,7 @@ def fit(config: TrainingConfig, run: Run, components: Components,
         trainer.restore(found)
     else:
         run.log(f"training {config.optimization.steps} steps on {len(trainer.data)} samples, "
-                f"{device} {precision}, LoRA rank {config.lora.rank}"
+                f"{device}, mixed precision {precision}, LoRA rank {config.lora.rank}"
                 + (f", {ranks.count} ranks" if ranks.count > 1 else ""))
     if ranks.is_main:
         export.save_config(output_dir, config)
