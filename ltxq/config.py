@@ -119,7 +119,8 @@ class ValidationConfig:
     prompts: list[str] = _doc("Prompts rendered to validation videos; empty disables.", [])
     negative_prompt: str = _doc("Negative prompt of the validation sampler.",
                                 DEFAULT_NEGATIVE_PROMPT)
-    interval: int = _doc("Steps between validation videos; 0 = only at the end.", 100, min=0)
+    interval: int = _doc("Steps between validation videos; 0 = only at the end. Unset, it is "
+                         "capped at optimization.steps.", 100, min=0)
     inference_steps: int = _doc("Denoising steps per validation video.", 50, min=1)
     guidance_scale: float = _doc("Classifier-free guidance scale.", 3.5, min=0.0)
     video: str = _doc("Validation video size WIDTHxHEIGHTxFRAMES.", "768x448x89")
@@ -133,8 +134,8 @@ class ValidationConfig:
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    interval: int = _doc("Steps between checkpoints; 0 = only on stop and at the end.", 250,
-                         min=0)
+    interval: int = _doc("Steps between checkpoints; 0 = only on stop and at the end. Unset, "
+                         "it is capped at optimization.steps.", 250, min=0)
     keep_last: int = _doc("Checkpoint folders kept; older ones are deleted.", 2, min=1)
 
 
@@ -185,7 +186,7 @@ def parse_config(raw: dict[str, Any], *, base_dir: Path | None = None,
         if not isinstance(table, dict):
             raise ConfigError("must be a table", key=name)
         sections[name] = _parse_section(cls, table, name)
-    config = TrainingConfig(**sections)
+    config = _fit_default_intervals(TrainingConfig(**sections), raw)
     if base_dir is not None:
         config = resolve_paths(config, base_dir)
     _check_cross_fields(config, require_dataset_exists)
@@ -322,6 +323,25 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
+# Intervals whose defaults (100, 250) suit a real run but exceed a short one's steps.
+_STEP_INTERVALS = (("validation", "interval"), ("checkpoints", "interval"))
+
+
+def _fit_default_intervals(config: TrainingConfig, raw: dict[str, Any]) -> TrainingConfig:
+    """Cap the intervals RAW leaves unset at optimization.steps (the same as "at the end").
+
+    A short run (`steps = 7`) should not be refused for a default it never chose; an
+    interval the user does set above the steps stays an error (`_check_cross_fields`).
+    """
+    steps = config.optimization.steps
+    for section, name in _STEP_INTERVALS:
+        table = getattr(config, section)
+        if name not in raw.get(section, {}) and getattr(table, name) > steps:
+            config = dataclasses.replace(
+                config, **{section: dataclasses.replace(table, **{name: steps})})
+    return config
+
+
 def _check_cross_fields(config: TrainingConfig, require_dataset_exists: bool) -> None:
     for key, text in (("data.resolution", config.data.resolution),
                       ("validation.video", config.validation.video)):
@@ -330,8 +350,8 @@ def _check_cross_fields(config: TrainingConfig, require_dataset_exists: bool) ->
         except ValueError as e:
             raise ConfigError(str(e), key=key) from None
     steps = config.optimization.steps
-    for key, interval in (("validation.interval", config.validation.interval),
-                          ("checkpoints.interval", config.checkpoints.interval)):
+    for section, name in _STEP_INTERVALS:
+        key, interval = f"{section}.{name}", getattr(getattr(config, section), name)
         if interval > steps:
             raise ConfigError(f"must be <= optimization.steps ({steps}), got {interval}", key=key)
     if config.optimization.warmup_steps >= steps and config.optimization.warmup_steps:

@@ -58,6 +58,32 @@ def test_bad_values_name_the_key(raw: dict, key: str, words: str) -> None:
     assert "\n" not in str(info.value)
 
 
+def test_unset_intervals_fit_a_short_run_and_set_ones_are_checked() -> None:
+    short = {"data": {"dataset": "clips"}, "optimization": {"steps": 7}}
+    config = parse_config(short)
+    assert config.validation.interval == 7 and config.checkpoints.interval == 7
+    long = parse_config({**short, "optimization": {"steps": 1000}})
+    assert long.validation.interval == 100 and long.checkpoints.interval == 250
+    # Only the unset one is capped; a set one is kept, or refused naming file and key.
+    mixed = parse_config({**short, "checkpoints": {"interval": 3}})
+    assert mixed.checkpoints.interval == 3 and mixed.validation.interval == 7
+    with pytest.raises(ConfigError) as info:
+        parse_job("[data]\ndataset = 'clips'\n[optimization]\nsteps = 7\n"
+                  "[checkpoints]\ninterval = 10\n", file="short.toml")
+    assert str(info.value) == ("short.toml: checkpoints.interval: must be <= "
+                               "optimization.steps (7), got 10")
+
+
+def test_a_capped_interval_is_not_written_into_the_job() -> None:
+    job = parse_job("[data]\ndataset = '/clips'\n[optimization]\nsteps = 7\n")
+    assert "interval" not in job.raw.get("validation", {})
+    assert "interval" not in job.raw.get("checkpoints", {})
+    # So raising the steps later (ltxq edit) brings the defaults back.
+    longer = job.with_raw({**job.raw, "optimization": {"steps": 500}})
+    assert longer.config.validation.interval == 100
+    assert longer.config.checkpoints.interval == 250
+
+
 def test_missing_dataset_folder_refused_when_required(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="data.dataset: dataset folder not found"):
         parse_config(MINIMAL, base_dir=tmp_path, require_dataset_exists=True)
