@@ -75,7 +75,9 @@ def test_pause_lets_the_running_job_finish_and_claims_nothing(env):
 
 
 EDITOR = """#!/bin/sh
-# Wait for the go-ahead (the test makes a claim happen first), then change the steps.
+# Say the file is open, wait for the go-ahead (the test makes a claim happen first), then
+# change the steps.
+touch "{opened}"
 while [ ! -e "{go}" ]; do sleep 0.05; done
 sed -i 's/^steps = 3$/steps = 4/' "$1"
 """
@@ -95,11 +97,15 @@ def test_edit_validates_replaces_and_is_refused_after_a_claim(env):
     assert p.returncode == 2 and "optimization.steps" in p.stderr and "kept in" in p.stderr
     assert env.job(job_id)["total_steps"] == 3
     # The race: the editor is open while a daemon claims the job.
-    go = env.root / "go"
-    editor.write_text(EDITOR.format(go=go))
+    go, opened = env.root / "go", env.root / "opened"
+    editor.write_text(EDITOR.format(go=go, opened=opened))
     edit = subprocess.Popen([sys.executable, "-m", "ltxq", "edit", str(job_id)], cwd=env.root,
                             env=edit_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
+    # The claim must come after edit has read the pending job, or edit refuses at once
+    # ("only pending jobs") and there is no race to test.
+    wait_for(lambda: opened.exists() or edit.poll() is not None, what="the editor to open")
+    assert edit.poll() is None, edit.communicate()
     drain(env, "--once")
     go.touch()
     out, err = edit.communicate(timeout=30)
