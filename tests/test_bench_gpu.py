@@ -1,0 +1,68 @@
+"""bench/bench_gpu.py keeps working without a GPU: the --tiny smoke run, the no-CUDA message,
+and the real-size path (its 2B config on the meta device, its bf16 loop on a shrunk copy)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture
+def bench_gpu(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench_gpu
+    return bench_gpu
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCH / "bench_gpu.py"), *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_tiny_smoke_run_prints_one_figure_block() -> None:
+    p = _run("--tiny")
+    assert p.returncode == 0, p.stderr
+    assert p.stderr == ""
+    assert "1 warm-up + 2 timed" in p.stdout
+    median = re.search(r"median s/step\s+([0-9.]+) s", p.stdout)
+    assert median and float(median.group(1)) > 0, p.stdout
+    assert "peak memory" in p.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_without_cuda_it_says_so_in_one_line() -> None:
+    p = _run()
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.strip().count("\n") == 0 and "--tiny" in p.stderr, p.stderr
+
+
+def test_real_config_is_the_2b_transformer(bench_gpu) -> None:
+    components = bench_gpu.build_components(False, torch.device("meta"), torch.bfloat16)
+    params = list(components.transformer.parameters())
+    assert {p.dtype for p in params} == {torch.bfloat16}
+    assert 1.8e9 < sum(p.numel() for p in params) < 2.1e9
+    assert torch.get_default_dtype() == torch.float32  # restored after the build
+    assert bench_gpu.latent_shape(components, "768x512x49") == (128, 7, 16, 24)
+
+
+def test_real_path_trains_in_bf16_on_a_shrunk_config(bench_gpu,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    small = dict(bench_gpu.REAL_TRANSFORMER, in_channels=16, out_channels=16, num_layers=1,
+                 num_attention_heads=2, attention_head_dim=16, cross_attention_dim=32,
+                 caption_channels=64)
+    monkeypatch.setattr(bench_gpu, "REAL_TRANSFORMER", small)
+    monkeypatch.setattr(bench_gpu, "REAL_TEXT_TOKENS", 16)
+    args = bench_gpu.parse_args(["--device", "cpu", "--resolution", "64x64x9", "--rank", "4",
+                                 "--warmup", "1", "--steps", "2"])
+    figures = bench_gpu.bench(args)
+    assert figures.precision == "bf16" and figures.latent_shape == (16, 2, 2, 2)
+    assert len(figures.step_seconds) == 2 and figures.median > 0
+    assert figures.trainable > 0 and figures.peak_bytes is None
+    assert "median s/step" in bench_gpu.render(figures)
