@@ -170,22 +170,25 @@ def submit(spool: Spool, configs: tuple[Path, ...], sets: tuple[str, ...], prior
 # --- status --------------------------------------------------------------------------------
 
 
-def _records(spool: Spool, ids: list[int], state: str | None,
-             name: str | None) -> list[dict[str, Any]]:
+def _view(spool: Spool, ids: list[int], state: str | None, name: str | None,
+          *, fold: bool = False) -> Any:
+    """Return the StatusView of `status`: these IDS, or the jobs in STATE matching NAME."""
     from fnmatch import fnmatchcase
 
-    from ltxq.render import invalid_record, job_record
+    from ltxq.records import StatusReader, StatusView
 
+    reader = StatusReader(spool)
     if ids:
-        entries, problems = [spool.get(i) for i in ids], []
-    else:
-        entries, problems = spool.scan(state)
-    if name:
-        entries = [e for e in entries if fnmatchcase(e.job.meta.name, name)]
-    records = [job_record(spool, e) for e in entries]
-    if not ids and not name and state in (None, "all"):
-        records.extend(invalid_record(p) for p in problems)
-    return records
+        records = [r for r in reader.records_of(ids)
+                   if not name or fnmatchcase(r["name"], name)]
+        return StatusView(records, {})
+    return reader.view(state, name=name, fold=fold)
+
+
+def _records(spool: Spool, ids: list[int], state: str | None,
+             name: str | None) -> list[dict[str, Any]]:
+    """Return the `status --json` records (never folded)."""
+    return _view(spool, ids, state, name).records
 
 
 @cli.command()
@@ -202,10 +205,10 @@ def status(spool: Spool, ids: tuple[int, ...], state: str | None, name: str | No
     from ltxq.render import status_table
 
     def render() -> str:
-        records = _records(spool, list(ids), state, name)
         if as_json:
-            return json.dumps(records, indent=2)
-        return status_table(records, paused=spool.paused, fold=not ids and state is None)
+            return json.dumps(_records(spool, list(ids), state, name), indent=2)
+        view = _view(spool, list(ids), state, name, fold=not ids and state is None)
+        return status_table(view.records, paused=spool.paused, folded=view.folded)
 
     if watch is None:
         click.echo(render())

@@ -1,65 +1,13 @@
-"""Status data and its rendering: records first (what `--json` prints), then tables from them."""
+"""Tables from status records (ltxq.records makes them; `--json` prints them as they are)."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from ltxq.progress import format_duration, last_progress
-from ltxq.spool import Entry, Invalid, Spool, State
+from ltxq.progress import format_duration
+from ltxq.spool import State
 
 WIDTH = 80
-RECENT_FINISHED = 10  # finished jobs the default table shows before folding the rest
-
-
-def _iso(t: datetime | None) -> str | None:
-    return t.isoformat() if t else None
-
-
-def job_record(spool: Spool, entry: Entry) -> dict[str, Any]:
-    """Return the status record of one job (the `status --json` object)."""
-    job, meta = entry.job, entry.job.meta
-    progress = (last_progress(spool.log_path(entry.id))
-                if meta.started_at or entry.state is State.RUNNING else None)
-    if entry.state is State.RUNNING and progress:
-        step = progress.step
-    else:
-        step = meta.step if meta.step is not None else (progress.step if progress else None)
-    running = entry.state is State.RUNNING
-    return {
-        "id": entry.id,
-        "state": str(entry.state),
-        "name": meta.name,
-        "dataset": job.config.data.dataset,
-        "model": job.config.model.source,
-        "priority": meta.priority,
-        "attempts": meta.attempts,
-        "max_attempts": meta.max_attempts,
-        "after": list(meta.after),
-        "submitted_at": _iso(meta.submitted_at),
-        "started_at": _iso(meta.started_at),
-        "finished_at": _iso(meta.finished_at),
-        "worker": meta.worker,
-        "device": meta.device,
-        "slurm_job_id": meta.slurm_job_id,
-        "step": step,
-        "total_steps": job.config.optimization.steps,
-        "loss": progress.loss if progress else None,
-        "learning_rate": progress.lr if progress else None,
-        "seconds_per_step": progress.seconds_per_step if progress and running else None,
-        "eta_seconds": progress.eta_seconds if progress and running else None,
-        "output_dir": str(job.output_dir()),
-        "checkpoint": meta.checkpoint,
-        "validation_sample": meta.validation_sample,
-        "error": meta.error,
-        "file": str(entry.path),
-    }
-
-
-def invalid_record(item: Invalid) -> dict[str, Any]:
-    """Return the status record of a file that is not a valid job."""
-    return {"id": None, "state": "invalid", "name": item.path.name, "file": str(item.path),
-            "origin": item.origin, "error": item.error}
 
 
 def _cut(text: str, width: int) -> str:
@@ -101,22 +49,17 @@ def _row(r: dict[str, Any]) -> list[str]:
 
 
 def status_table(records: list[dict[str, Any]], *, paused: bool = False,
-                 fold: bool = False) -> str:
-    """Render status records as a table that fits 80 columns."""
+                 folded: dict[str, int] | None = None) -> str:
+    """Render status records as a table that fits 80 columns.
+
+    FOLDED counts, by state, the older finished jobs not shown (ltxq.records folds them).
+    """
     jobs = [r for r in records if r["state"] != "invalid"]
     invalid = [r for r in records if r["state"] == "invalid"]
+    hidden = {s: n for s, n in (folded or {}).items() if n}
     lines = []
     if paused:
         lines.append("queue paused: daemons claim no new jobs (ltxq unpause to resume)")
-    hidden: dict[str, int] = {}
-    if fold:
-        finished = [r for r in jobs if r["state"] in ("done", "failed", "cancelled")]
-        old = {r["id"] for r in finished[:-RECENT_FINISHED]} if len(finished) > RECENT_FINISHED \
-            else set()
-        for r in jobs:
-            if r["id"] in old:
-                hidden[r["state"]] = hidden.get(r["state"], 0) + 1
-        jobs = [r for r in jobs if r["id"] not in old]
     if jobs:
         lines.append(_HEAD)
         for r in jobs:
@@ -127,7 +70,7 @@ def status_table(records: list[dict[str, Any]], *, paused: bool = False,
         parts = ", ".join(f"{n} {s}" for s, n in sorted(hidden.items()))
         lines.append(f"  ... and {sum(hidden.values())} older finished jobs ({parts}); "
                      "--state all lists them")
-    counts: dict[str, int] = {}
+    counts = dict(hidden)
     for r in records:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     if jobs or hidden:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ltxq import fsutil
 from ltxq.errors import ConfigError, JobNotFound, LtxqError, WrongState
@@ -53,6 +53,7 @@ class State(StrEnum):
 FINISHED = frozenset({State.DONE, State.FAILED, State.CANCELLED})
 _ID_NAME = re.compile(r"(\d{6,})\.toml")
 _OTHER_DIRS = ("logs", "locks", "control", "tmp", "invalid")
+_T = TypeVar("_T")
 
 
 def file_name(job_id: int) -> str:
@@ -85,6 +86,15 @@ class Invalid:
     path: Path
     origin: str
     error: str
+
+
+@dataclass
+class Scanned(Generic[_T]):
+    """What a scan found: (state, path, content) by id, unreadable files, unread files by state."""
+
+    found: list[tuple[State, Path, _T]]
+    problems: list[Invalid]
+    skipped: dict[State, int]
 
 
 @dataclass
@@ -265,17 +275,35 @@ class Spool:
 
         Adopts hand-dropped pending/ files and moves broken ones to invalid/ on the way.
         """
+        scanned = self.scan_with(self._read, state)
+        return [Entry(st, path, job) for st, path, job in scanned.found], scanned.problems
+
+    def scan_with(self, read: Callable[[Path, State], _T],
+                  state: State | str | Iterable[State | str] | None = None, *,
+                  select: Callable[[State, int], bool] | None = None) -> Scanned[_T]:
+        """Like `scan`, with READ(path, state) in place of the full reader (status caches).
+
+        READ must behave like the full reader: FileNotFoundError if the file moved on,
+        ConfigError if it is not a valid job of the id its name says. Files for which
+        SELECT(state, id) is false are not read, only counted in `skipped`.
+        """
         states = _states(state)
         self.adopt()
-        by_id: dict[int, Entry] = {}
+        by_id: dict[int, tuple[State, Path, _T] | State] = {}
         problems: list[Invalid] = []
         for st in states:
-            for name in sorted(os.listdir(self.dir(st))):
-                if not _ID_NAME.fullmatch(name):
+            folder = self.dir(st)
+            for name in sorted(os.listdir(folder)):
+                m = _ID_NAME.fullmatch(name)
+                if not m:
                     continue
-                path = self.dir(st) / name
+                job_id = int(m[1])
+                if select is not None and not select(st, job_id):
+                    by_id[job_id] = st
+                    continue
+                path = folder / name
                 try:
-                    entry = Entry(st, path, self._read(path, st))
+                    entry = (st, path, read(path, st))
                 except FileNotFoundError:
                     continue  # it moved on while we looked; a later folder may show it
                 except ConfigError as e:
@@ -285,9 +313,26 @@ class Spool:
                                                    and path.exists()):
                         problems.append(Invalid(path, f"{st}/{name}", str(e)))
                     continue
-                by_id[entry.id] = entry  # a job seen twice (it moved): the later folder wins
+                by_id[job_id] = entry  # a job seen twice (it moved): the later folder wins
         problems.extend(self.invalid())
-        return [by_id[k] for k in sorted(by_id)], problems
+        scanned: Scanned[_T] = Scanned([], problems, {})
+        for job_id in sorted(by_id):
+            item = by_id[job_id]
+            if isinstance(item, tuple):
+                scanned.found.append(item)
+            else:
+                scanned.skipped[item] = scanned.skipped.get(item, 0) + 1
+        return scanned
+
+    def ids(self, state: State | str | Iterable[State | str]) -> list[int]:
+        """Return the ids of the job files in STATE's folder(s), sorted; reads no file."""
+        out = set()
+        for st in _states(state):
+            for name in os.listdir(self.dir(st)):
+                m = _ID_NAME.fullmatch(name)
+                if m:
+                    out.add(int(m[1]))
+        return sorted(out)
 
     def invalid(self) -> list[Invalid]:
         """Return the files moved aside to invalid/, with their errors."""
@@ -325,7 +370,10 @@ class Spool:
         return None
 
     def _read(self, path: Path, state: State) -> Job:
-        data = path.read_bytes()
+        return self.parse_file(path.read_bytes(), path, state)
+
+    def parse_file(self, data: bytes, path: Path, state: State) -> Job:
+        """Validate DATA, the bytes of job file PATH in STATE's folder (its name is its id)."""
         # Stored jobs hold absolute paths; a hand-edited pending file resolves like a dropped one.
         base = self.path.parent if state is State.PENDING else None
         job = parse_job(data, file=path, base_dir=base)

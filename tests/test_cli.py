@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -172,3 +173,23 @@ def test_spool_option_and_env(env, tmp_path):
     assert (other / "pending" / f"{job_id:06d}.toml").exists()
     assert env.status() == []
     assert REPO.exists()
+
+
+def test_status_from_its_cache_equals_a_fresh_read(env):
+    env.config(steps=1)
+    env.run("submit", *["job.toml"] * 3)
+    env.run("daemon", "--trainer", "tests.fake_trainer:train", "--exit-when-idle")
+    env.submit("job.toml")
+    past = time.time() - 60  # older than the cache's settle time
+    for folder in ("pending", "done", "logs"):
+        for path in (env.spool / folder).iterdir():
+            os.utime(path, (past, past))
+    first = env.run("status", "--json", "--state", "all").stdout
+    assert sorted(p.name for p in (env.spool / "tmp").glob("status-*.cache.json"))
+    assert env.run("status", "--json", "--state", "all").stdout == first
+    assert [r["state"] for r in json.loads(first)] == ["done"] * 3 + ["pending"]
+    assert json.loads(env.run("status", "--json", "2").stdout) == [json.loads(first)[1]]
+    env.run("cancel", "4")
+    env.run("clear", "--state", "all")
+    assert env.status() == []
+    assert "no jobs" in env.run("status").stdout

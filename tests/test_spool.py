@@ -268,3 +268,28 @@ def test_pause_is_stored_in_the_spool(spool, cfg):
     assert Spool(spool.path).paused
     spool.unpause()
     assert not Spool(spool.path).paused
+
+
+def test_scan_with_reads_only_selected_files_and_counts_the_others(spool, cfg):
+    for _ in range(4):
+        spool.submit(cfg)
+    for _ in range(3):
+        claim = spool.claim("w")
+        assert claim is not None
+        spool.finish(claim, State.DONE)
+    (spool.dir(State.FAILED) / "000009.toml").write_text("not a job, never read")
+    read: list[int] = []
+
+    def reader(path: Path, state: State) -> int:
+        read.append(int(path.stem))
+        return int(path.stem)
+
+    scanned = spool.scan_with(reader, select=lambda st, job_id: st is State.PENDING
+                              or job_id == 3)
+    assert sorted(read) == [3, 4]
+    assert [(st, job_id) for st, _, job_id in scanned.found] == [(State.DONE, 3),
+                                                                  (State.PENDING, 4)]
+    assert scanned.skipped == {State.DONE: 2, State.FAILED: 1} and scanned.problems == []
+    assert spool.ids([State.DONE, State.FAILED]) == [1, 2, 3, 9]
+    assert [e.id for e in spool.jobs()] == [1, 2, 3, 4]  # scan reads all, the broken file aside
+    assert [p.origin for p in spool.scan()[1]] == ["failed/000009.toml"]

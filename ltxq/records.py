@@ -1,0 +1,219 @@
+"""Status records (what `status --json` prints), read cheaply from a spool of any size.
+
+A record joins what the job file says (its facts) with the newest progress line of its log.
+The spool stays the only source of truth; two things keep a 10,000-job `status` fast:
+- facts and log progress are cached per folder in tmp/ (ltxq.statcache), each under its file's
+  stat key, so a job file is parsed and validated once, not on every run;
+- the default table reads only the jobs it shows (pending, running, the newest finished ones)
+  and counts the rest from the folder listings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable
+from datetime import datetime
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+from ltxq.job import Job, JobMeta
+from ltxq.progress import Progress, last_progress
+from ltxq.spool import FINISHED, Entry, Invalid, Spool, State, stem
+from ltxq.statcache import MISSING, StatCache
+
+RECENT_FINISHED = 10  # finished jobs the default table shows before folding the rest
+
+# What the cached facts mean: bump when job_facts changes; a new [job] field changes it itself.
+_FACTS_VERSION = "1:" + ",".join(f.name for f in dataclasses.fields(JobMeta))
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t else None
+
+
+def job_facts(job: Job) -> dict[str, Any]:
+    """Return what a record takes from the job file, as JSON data (what the cache keeps)."""
+    meta, config = job.meta, job.config
+    return {
+        "id": job.id, "name": meta.name, "dataset": config.data.dataset,
+        "model": config.model.source, "priority": meta.priority, "attempts": meta.attempts,
+        "max_attempts": meta.max_attempts, "after": list(meta.after),
+        "submitted_at": _iso(meta.submitted_at), "started_at": _iso(meta.started_at),
+        "finished_at": _iso(meta.finished_at), "worker": meta.worker, "device": meta.device,
+        "slurm_job_id": meta.slurm_job_id, "step": meta.step,
+        "total_steps": config.optimization.steps, "output_dir": str(job.output_dir()),
+        "checkpoint": meta.checkpoint, "validation_sample": meta.validation_sample,
+        "error": meta.error,
+    }
+
+
+def needs_progress(state: State, facts: dict[str, Any]) -> bool:
+    """Return True if the job's log can hold progress (it has run, or runs now)."""
+    return state is State.RUNNING or facts["started_at"] is not None
+
+
+def build_record(state: State, path: Path, facts: dict[str, Any],
+                 progress: Progress | None) -> dict[str, Any]:
+    """Return the status record of one job (the `status --json` object)."""
+    running = state is State.RUNNING
+    if running and progress:
+        step = progress.step
+    else:
+        step = facts["step"] if facts["step"] is not None else (
+            progress.step if progress else None)
+    return {
+        "id": facts["id"],
+        "state": str(state),
+        "name": facts["name"],
+        "dataset": facts["dataset"],
+        "model": facts["model"],
+        "priority": facts["priority"],
+        "attempts": facts["attempts"],
+        "max_attempts": facts["max_attempts"],
+        "after": list(facts["after"]),
+        "submitted_at": facts["submitted_at"],
+        "started_at": facts["started_at"],
+        "finished_at": facts["finished_at"],
+        "worker": facts["worker"],
+        "device": facts["device"],
+        "slurm_job_id": facts["slurm_job_id"],
+        "step": step,
+        "total_steps": facts["total_steps"],
+        "loss": progress.loss if progress else None,
+        "learning_rate": progress.lr if progress else None,
+        "seconds_per_step": progress.seconds_per_step if progress and running else None,
+        "eta_seconds": progress.eta_seconds if progress and running else None,
+        "output_dir": facts["output_dir"],
+        "checkpoint": facts["checkpoint"],
+        "validation_sample": facts["validation_sample"],
+        "error": facts["error"],
+        "file": str(path),
+    }
+
+
+def job_record(spool: Spool, entry: Entry) -> dict[str, Any]:
+    """Return the status record of a job already read (no cache)."""
+    facts = job_facts(entry.job)
+    progress = (last_progress(spool.log_path(entry.id))
+                if needs_progress(entry.state, facts) else None)
+    return build_record(entry.state, entry.path, facts, progress)
+
+
+def invalid_record(item: Invalid) -> dict[str, Any]:
+    """Return the status record of a file that is not a valid job."""
+    return {"id": None, "state": "invalid", "name": item.path.name, "file": str(item.path),
+            "origin": item.origin, "error": item.error}
+
+
+@dataclasses.dataclass
+class StatusView:
+    """What `status` shows: records (jobs by id, then invalid files) and folded counts."""
+
+    records: list[dict[str, Any]]
+    folded: dict[str, int]
+
+
+class StatusReader:
+    """Reads status records through the per-folder caches in the spool's tmp/ (see module doc).
+
+    One reader per refresh: `view` saves the caches it used before returning.
+    """
+
+    def __init__(self, spool: Spool, *, use_cache: bool = True):
+        self.spool = spool
+        self.use_cache = use_cache
+        self._caches: dict[State, StatCache] = {}
+        self._logs = spool.dir("logs")
+        self._uncached: frozenset[State] = frozenset()
+
+    def _cache(self, state: State) -> StatCache | None:
+        if not self.use_cache or state in self._uncached:
+            return None
+        cache = self._caches.get(state)
+        if cache is None:
+            tmp = self.spool.dir("tmp")
+            cache = StatCache(tmp / f"status-{state}.cache.json", tmp,
+                              f"{_FACTS_VERSION}:{self.spool.path}")
+            self._caches[state] = cache
+        return cache
+
+    def facts(self, path: Path, state: State) -> dict[str, Any]:
+        """Return the facts of job file PATH (cached; parsed and fully validated on a miss)."""
+        cache = self._cache(state)
+        if cache is not None:
+            hit = cache.get(path.name, os.stat(path))
+            if hit is not MISSING:
+                return hit
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())  # the key of the very bytes parsed
+            data = f.read()
+        facts = job_facts(self.spool.parse_file(data, path, state))
+        if cache is not None:
+            cache.put(path.name, st, facts)
+        return facts
+
+    def progress(self, state: State, job_id: int) -> Progress | None:
+        """Return the newest progress line of the job's log (cached once the log is settled)."""
+        path = self._logs / f"{stem(job_id)}.log"
+        cache = self._cache(state)
+        if cache is None:
+            return last_progress(path)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        name = f"log {stem(job_id)}"
+        hit = cache.get(name, st)
+        if hit is not MISSING:
+            return Progress(*hit) if hit else None
+        progress = last_progress(path)
+        cache.put(name, st, list(dataclasses.astuple(progress)) if progress else [])
+        return progress
+
+    def view(self, state: str | None = None, *, name: str | None = None,
+             fold: bool = False) -> StatusView:
+        """Read the records of STATE (None or "all": every state), filtered by NAME (a glob).
+
+        With FOLD, finished jobs other than the RECENT_FINISHED newest are not read, only
+        counted from the folder listings (the default table).
+        """
+        select = None
+        if fold and not name:
+            recent = set(self.spool.ids(FINISHED)[-RECENT_FINISHED:])
+            select = lambda st, job_id: st not in FINISHED or job_id in recent  # noqa: E731
+            # Reading those few files beats loading a cache of thousands.
+            self._uncached = FINISHED
+        for st in State if state in (None, "all") else [State(state)]:
+            self._cache(st)  # so that a folder emptied since the last run saves an empty cache
+        scanned = self.spool.scan_with(self.facts, state, select=select)
+        records = []
+        for st, path, facts in scanned.found:
+            if name and not fnmatchcase(facts["name"], name):
+                continue
+            progress = self.progress(st, facts["id"]) if needs_progress(st, facts) else None
+            records.append(build_record(st, path, facts, progress))
+        folded = {str(st): n for st, n in scanned.skipped.items()}
+        if fold and name:  # the whole spool was read to match names: fold as the table did
+            records, folded = _fold(records)
+        if not name and state in (None, "all"):
+            records.extend(invalid_record(p) for p in scanned.problems)
+        for cache in self._caches.values():
+            cache.save()
+        return StatusView(records, folded)
+
+    def records_of(self, ids: Iterable[int]) -> list[dict[str, Any]]:
+        """Return the records of the jobs IDS (JobNotFound if one is in no folder)."""
+        return [job_record(self.spool, self.spool.get(i)) for i in ids]
+
+
+def _fold(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Keep the RECENT_FINISHED newest finished records; count the others by state."""
+    finished = [r["id"] for r in records if r["state"] in {str(s) for s in FINISHED}]
+    old = set(finished[:-RECENT_FINISHED]) if len(finished) > RECENT_FINISHED else set()
+    folded: dict[str, int] = {}
+    for r in records:
+        if r["id"] in old:
+            folded[r["state"]] = folded.get(r["state"], 0) + 1
+    return [r for r in records if r["id"] not in old], folded

@@ -1,0 +1,101 @@
+"""A cache of facts derived from files, trusted only while a file's stat key is unchanged.
+
+`status` over thousands of jobs would otherwise parse and validate every job file on every run.
+This is only a cache, never a source of truth: each value is stored under its file's
+(inode, mtime_ns, size) and a lookup whose key differs is a miss, so the caller reads the file
+again. Published files are replaced by rename (a new inode), logs only grow (a new size).
+A file changed in the last SETTLE seconds is never stored: within one tick of a coarse clock a
+rewrite could keep its key (git's "racily clean" index entries), so recent files are always read.
+
+One JSON file per folder, replaced atomically after a pass over the whole folder with only the
+entries looked up in it, so files that left the folder leave the cache too. An
+unreadable, foreign or unwritable cache is an empty one: status then reads every file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ltxq.fsutil import umask
+
+SETTLE_SECONDS = 2.0
+MISSING: Any = object()  # what `get` returns on a miss (None is a value one may store)
+
+
+def stat_key(st: os.stat_result) -> list[int]:
+    """Return the key that changes whenever the file's content can have changed."""
+    return [st.st_ino, st.st_mtime_ns, st.st_size]
+
+
+class StatCache:
+    """Values keyed by file name and stat key, loaded from and saved to one JSON file."""
+
+    def __init__(self, path: Path, tmp_dir: Path, version: str, *,
+                 settle: float = SETTLE_SECONDS, clock: float | None = None):
+        self.path = path
+        self.tmp_dir = tmp_dir
+        self.version = version  # what the values mean; a cache of another version is ignored
+        self.cutoff_ns = int(((clock if clock is not None else time.time()) - settle) * 1e9)
+        self._old: dict[str, list[Any]] = {}
+        self._new: dict[str, list[Any]] = {}
+        self._changed = False
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            doc = json.loads(self.path.read_bytes())
+        except (OSError, ValueError):
+            return
+        if isinstance(doc, dict) and doc.get("version") == self.version \
+                and isinstance(doc.get("entries"), dict):
+            self._old = doc["entries"]
+
+    def get(self, name: str, st: os.stat_result) -> Any:
+        """Return the value stored for NAME under ST's key, or MISSING."""
+        item = self._old.get(name)
+        try:
+            if item is None or item[0] != stat_key(st):
+                return MISSING
+        except (TypeError, IndexError, KeyError):
+            return MISSING  # not what this module writes: a miss, like any other
+        self._new[name] = item
+        return item[1]
+
+    def put(self, name: str, st: os.stat_result, value: Any) -> None:
+        """Store VALUE (JSON data) for NAME, read from the file when its stat was ST."""
+        if st.st_mtime_ns < self.cutoff_ns:
+            self._new[name] = [stat_key(st), value]
+            self._changed = True
+
+    def save(self) -> None:
+        """Write this run's entries if they differ from the loaded ones; never fail.
+
+        Only the entries looked up in this run are kept, so files that left the folder leave the
+        cache: the caller must have looked up every file of the folder.
+        """
+        if not self._changed and len(self._new) == len(self._old):
+            return
+        data = json.dumps({"version": self.version, "entries": self._new},
+                          separators=(",", ":"))
+        try:
+            _replace(self.path, data.encode("utf-8"), self.tmp_dir)
+        except OSError:
+            pass  # a read-only or full spool: status works without its cache
+
+
+def _replace(dest: Path, data: bytes, tmp_dir: Path) -> None:
+    """Publish DATA at DEST with one rename; no fsync (a torn cache after a crash is a miss)."""
+    fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=dest.name + ".", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~umask())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
