@@ -152,13 +152,6 @@ def submit(spool: Spool, configs: tuple[Path, ...], sets: tuple[str, ...], prior
     if configs:
         jobs = [spool.prepare(path, overrides) for path in configs]  # all valid before any write
     elif dataset is not None:
-        if steps is not None:
-            # The flag form cannot set the intervals; keep their defaults from exceeding --steps.
-            from ltxq.config import CheckpointConfig, ValidationConfig
-
-            for key, default in (("validation.interval", ValidationConfig().interval),
-                                 ("checkpoints.interval", CheckpointConfig().interval)):
-                overrides.setdefault(key, min(default, steps))
         jobs = [spool.prepare_doc({}, base_dir=Path.cwd(), overrides=overrides,
                                   default_name=dataset.absolute().name)]
     else:

@@ -149,8 +149,8 @@ class OutputConfig:
 class ResourcesConfig:
     processes: int = _doc("Data-parallel ranks for this job (one per GPU).", 1, min=1, max=64)
     partition: str | None = _doc("Slurm partition (slurm executor only).", None)
-    gpus: int | None = _doc("GPUs per Slurm job; defaults to processes on GPU machines.", None,
-                            min=0)
+    gpus: int | None = _doc("GPUs per Slurm job (default: the daemon's --gpus; at least "
+                            "processes when > 0).", None, min=0)
     time_limit: str | None = _doc("Slurm time limit, e.g. 04:00:00.", None)
     sbatch_args: list[str] = _doc("Extra sbatch arguments.", [])
 

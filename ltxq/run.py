@@ -47,7 +47,7 @@ class Run(Protocol):
         ...
 
     def log(self, message: str) -> None:
-        """Record a human-readable event (checkpoint saved, sample written, a skipped clip)."""
+        """Record a human-readable event (a skipped clip, a resume, a library warning)."""
         ...
 
     def checkpoint_saved(self, path: Path, step: int) -> None:
