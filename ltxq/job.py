@@ -18,7 +18,7 @@ from typing import Any
 
 import tomli_w
 
-from ltxq.config import TrainingConfig, _check_value, parse_config
+from ltxq.config import TrainingConfig, _checker, parse_config
 from ltxq.errors import ConfigError
 
 # [job] keys a user may set in a submitted file; the rest are ltxq's bookkeeping.
@@ -124,19 +124,18 @@ def parse_meta(table: Any) -> JobMeta:
     """Validate a [job] table."""
     if not isinstance(table, dict):
         raise ConfigError("must be a table", key="job")
-    known = {f.name for f in dataclasses.fields(JobMeta)}
     values = {}
     for key, value in table.items():
-        if key not in known:
+        check = _META_CHECKS.get(key, _UNKNOWN)
+        if check is _UNKNOWN:
             raise ConfigError(f"unknown key (known: {', '.join(USER_JOB_KEYS)}, ...)",
                               key=f"job.{key}")
-        hint = _META_TYPES[key]
-        if hint is datetime:
+        if check is None:  # a date-time
             if not isinstance(value, datetime):
                 raise ConfigError(f"must be a date-time, got {value!r}", key=f"job.{key}")
             values[key] = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
             continue
-        values[key] = _check_value(value, hint, _META_RULES.get(key, {}), f"job.{key}")
+        values[key] = check(value, f"job.{key}")
     return JobMeta(**values)
 
 
@@ -148,6 +147,12 @@ _META_TYPES: dict[str, Any] = {
     "checkpoint": str | None, "validation_sample": str | None, "step": int | None,
     "slurm_job_id": str | None,
 }
+assert set(_META_TYPES) == {f.name for f in dataclasses.fields(JobMeta)}
+# Each [job] key's check, built once (status validates thousands of files); None: a date-time.
+_META_CHECKS: dict[str, Any] = {
+    key: None if hint is datetime else _checker(hint, _META_RULES.get(key, {}))
+    for key, hint in _META_TYPES.items()}
+_UNKNOWN: Any = object()
 
 
 def dump_job(job: Job) -> str:
@@ -159,13 +164,24 @@ def dump_job(job: Job) -> str:
 
 def _absolutize_raw(doc: dict[str, Any], config: TrainingConfig) -> dict[str, Any]:
     """Copy DOC with the paths the config resolved written back, so the file is portable."""
-    raw = json.loads(json.dumps(doc, default=str))  # deep copy of plain TOML data
+    raw = _plain_copy(doc)
     raw.setdefault("data", {})["dataset"] = config.data.dataset
     if "output" in raw or config.output.root != "outputs":
         raw.setdefault("output", {})["root"] = config.output.root
     if "model" in raw and "source" in raw["model"]:
         raw["model"]["source"] = config.model.source
     return raw
+
+
+def _plain_copy(value: Any) -> Any:
+    """Deep-copy TOML data as JSON data: tables and arrays copied, dates and times as text."""
+    if isinstance(value, dict):
+        return {str(k): _plain_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_copy(v) for v in value]
+    if value is None or isinstance(value, (str, int, float)):  # bool is an int
+        return value
+    return str(value)
 
 
 def now() -> datetime:
