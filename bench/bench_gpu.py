@@ -26,12 +26,12 @@ import resource
 import statistics
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from timing_run import TimingRun  # bench/ is on sys.path when a bench script runs
 
 REAL_TRANSFORMER = dict(  # Lightricks/LTX-Video 2B (REFERENCE.md)
     in_channels=128, out_channels=128, patch_size=1, patch_size_t=1, num_attention_heads=32,
@@ -41,32 +41,6 @@ REAL_TEMPORAL_COMPRESSION = 8
 REAL_TEXT_TOKENS = 128  # ltxq's DEFAULT_MAX_SEQUENCE_LENGTH for the real model
 TINY_RESOLUTION = "32x32x9"
 SAMPLES = 2  # random samples the loop cycles through (one per step at batch 1)
-
-
-class TimingRun:
-    """A Run that only records when each step finished (no log, never stops)."""
-
-    def __init__(self, output_dir: Path) -> None:
-        self.job_id = None
-        self.output_dir = output_dir
-        self.device: str | None = None
-        self.stamps: list[float] = []
-
-    def should_stop(self) -> bool:
-        return False
-
-    def progress(self, step: int, total: int, loss: float, lr: float, sps: float) -> None:
-        # fit() reads the loss with .item() each step, so the GPU is done when this runs.
-        self.stamps.append(time.perf_counter())
-
-    def log(self, message: str) -> None:
-        pass
-
-    def checkpoint_saved(self, path: Path, step: int) -> None:
-        pass
-
-    def sample_written(self, path: Path, step: int) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -171,8 +145,7 @@ def bench(args: argparse.Namespace) -> Figures:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     with tempfile.TemporaryDirectory(prefix="bench_gpu_") as out:
-        run = TimingRun(Path(out))
-        run.device = str(device)
+        run = TimingRun(Path(out), str(device))
         try:
             fit(config, run, components, samples, device=device, precision=precision)
             trainable = sum(p.numel() for p in components.transformer.parameters()

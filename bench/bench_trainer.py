@@ -29,33 +29,9 @@ from ltxq.trainer.loop import fit
 from ltxq.trainer.lora import remove_lora
 from ltxq.trainer.models import build_tiny_random
 from ltxq.trainer.preprocess import prepare_dataset
+from timing_run import TimingRun  # bench/ is on sys.path when a bench script runs
 
 WARMUP = 10
-
-
-class TimingRun:
-    """A Run that only records when each step finished."""
-
-    def __init__(self, output_dir: Path) -> None:
-        self.job_id = None
-        self.output_dir = output_dir
-        self.device = "cpu"
-        self.stamps: list[float] = []
-
-    def should_stop(self) -> bool:
-        return False
-
-    def progress(self, step: int, total: int, loss: float, lr: float, sps: float) -> None:
-        self.stamps.append(time.perf_counter())
-
-    def log(self, message: str) -> None:
-        pass
-
-    def checkpoint_saved(self, path: Path, step: int) -> None:
-        pass
-
-    def sample_written(self, path: Path, step: int) -> None:
-        pass
 
 
 def ltxq_round(config, components, samples, workdir: Path) -> float:
