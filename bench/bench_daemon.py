@@ -11,8 +11,13 @@ Everything runs through the real command line and the real trainer on the tiny-r
 - gap: one daemon, two jobs on the same model and dataset; the time from a job's claim (first
   job) or the previous job's end (second job) to its first training step. Target: the second
   gap under 25% of the first.
+- slurm (only when a Slurm controller answers, e.g. after `eval "$(bash ci/slurm/up)"`): the
+  same SLURM_JOBS tiny jobs drained by one local daemon and by one `--executor slurm` daemon
+  keeping one Slurm job in flight; seconds per job each, and every job started exactly once.
+  What a Slurm job costs over the in-process daemon: a fresh process per job on the node.
 
-    .venv/bin/python bench/bench_daemon.py [--jobs 200] [--idle 20] [--only gap,claim,idle,drain]
+    .venv/bin/python bench/bench_daemon.py [--jobs 200] [--idle 20]
+        [--only gap,claim,idle,drain,slurm] [--slurm-jobs 10]
 """
 
 from __future__ import annotations
@@ -150,6 +155,31 @@ def bench_drain(b: Bench, jobs: int, daemons: int) -> None:
           f"jobs not started exactly once: {len(twice)} {twice[:5]}")
 
 
+def drain_once(b: Bench, jobs: int, *daemon_args: str) -> tuple[float, int, int]:
+    """Submit JOBS, drain them with one daemon; return (seconds, done, not started once)."""
+    ids = [b.submit() for _ in range(jobs)]
+    start = time.perf_counter()
+    b.daemon("--exit-when-idle", "--poll", "0.2", *daemon_args).wait(timeout=3600)
+    took = time.perf_counter() - start
+    done = sum(b.path("done", i).exists() for i in ids)
+    wrong = sum(b.log(i).read_text().count(" started on ") != 1 for i in ids)
+    return took, done, wrong
+
+
+def bench_slurm(b: Bench, jobs: int) -> None:
+    from ltxq import slurm
+
+    if not slurm.available():
+        print('slurm: skipped, no Slurm controller answers (eval "$(bash ci/slurm/up)")')
+        return
+    local = drain_once(b, jobs)
+    on_slurm = drain_once(b, jobs, "--executor", "slurm", "--max-jobs", "1")
+    for name, (took, done, wrong) in (("local daemon", local), ("slurm, 1 in flight", on_slurm)):
+        print(f"{name:<20} {jobs} jobs of 3 steps  {took:.1f} s  {took / jobs:.2f} s/job  "
+              f"done {done}/{jobs}  not started exactly once: {wrong}")
+    print(f"slurm s/job / local s/job  {on_slurm[0] / local[0]:.1f}")
+
+
 def bench_gap(b: Bench) -> None:
     first = b.submit()
     second = b.submit()
@@ -172,7 +202,8 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=20.0)
     parser.add_argument("--poll", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--only", default="gap,claim,idle,drain")
+    parser.add_argument("--slurm-jobs", type=int, default=10)
+    parser.add_argument("--only", default="gap,claim,idle,drain,slurm")
     args = parser.parse_args()
     wanted = args.only.split(",")
     for name in wanted:
@@ -186,6 +217,8 @@ def main() -> None:
                 bench_idle(b, args.idle)
             elif name == "drain":
                 bench_drain(b, args.jobs, args.daemons)
+            elif name == "slurm":
+                bench_slurm(b, args.slurm_jobs)
             sys.stdout.flush()
 
 
