@@ -66,10 +66,18 @@ class StatCache:
         self._new[name] = item
         return item[1]
 
+    def stored(self, name: str) -> bool:
+        """Return True if the loaded cache has an entry for NAME (of any key)."""
+        return name in self._old
+
     def put(self, name: str, st: os.stat_result, value: Any) -> None:
         """Store VALUE (JSON data) for NAME, read from the file when its stat was ST."""
-        if st.st_mtime_ns < self.cutoff_ns:
-            self._new[name] = [stat_key(st), value]
+        self.put_keyed(name, stat_key(st), value)
+
+    def put_keyed(self, name: str, key: list[int], value: Any) -> None:
+        """Like `put`, with the file's `stat_key` in place of its stat."""
+        if key[1] < self.cutoff_ns:  # its mtime_ns
+            self._new[name] = [key, value]
             self._changed = True
 
     def save(self) -> None:
