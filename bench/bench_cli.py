@@ -5,7 +5,8 @@ Spools of 10, 1,000 and 10,000 jobs are filled by writing job files the way `sub
 each command runs REPEAT times as a fresh process, alternating with `python -c pass` so both
 see the same machine. Prints medians and the ratio to the floor, and checks that none imports
 torch. `status` keeps derived caches in spool/tmp/ (ltxq.statcache): "cold cache" deletes them
-before each run, the figure for the first `status` after 10,000 files appeared at once.
+before each run, the figure for the first `status` after 10,000 files appeared at once; it
+parses the files in one worker process per CPU (ltxq.forkpool), so it depends on the CPU count.
 
 Targets (issue 5): status at 10,000 jobs within 10x the floor, `status --json --state all`
 under 2 s, submit within 8x.
@@ -24,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ltxq.forkpool import cpus
 from ltxq.job import dump_job, job_from_dict, now
 from ltxq.spool import Spool, State, file_name
 
@@ -109,7 +111,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
     ltxq = [sys.executable, "-m", "ltxq"]
-    print(f"command-line cost, median of {args.repeat} runs, ratio to `python -c pass`")
+    print(f"command-line cost, median of {args.repeat} runs, ratio to `python -c pass`, "
+          f"{cpus()} CPUs")
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         dataset = tmp_path / "data"
