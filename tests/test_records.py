@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -193,38 +195,54 @@ def test_invalid_files_still_show_with_their_error(spool):
     assert StatusReader(spool).view("all").records == full_records(spool)
 
 
-def test_pooled_reading_gives_what_the_serial_reader_gives(spool, monkeypatch):
-    """Many uncached files are parsed in forked workers: same records, same errors, same caches."""
-    import ltxq.forkpool
-    import ltxq.records
+# Run in a fresh interpreter: fork_map rightly declines while other threads are alive, and
+# earlier tests leave some behind (tqdm's monitor, imageio's reader).
+_POOLED_STATUS = """
+import json, sys
+from pathlib import Path
+import ltxq.forkpool, ltxq.records
+from ltxq.records import StatusReader
+from ltxq.spool import Spool
 
+ltxq.forkpool.cpus = lambda: 2  # fork even on a one-core machine
+pooled, parsed = [], []
+
+def spy_fork_map(fn, items, workers=None):
+    results = ltxq.forkpool.fork_map(fn, items, workers)
+    assert results is not None, "fork_map declined to fork"
+    pooled.append(len(results))
+    return results
+
+ltxq.records.fork_map = spy_fork_map
+spool = Spool(Path(sys.argv[1]), settle_seconds=0)
+parse = spool.parse_file
+spool.parse_file = lambda data, path, state: parsed.append(str(path)) or parse(data, path, state)
+records = StatusReader(spool, pool_min=1).view("all").records
+print(json.dumps({"records": records, "pooled": pooled, "parsed": parsed}))
+"""
+
+
+def test_pooled_reading_gives_what_the_serial_reader_gives(spool):
+    """Many uncached files are parsed in forked workers: same records, same errors, same caches."""
     fill(spool)
     age(spool)
     (spool.dir(State.DONE) / "000099.toml").write_text("[job]\nid = 99\nbogus = 1\n")
     (spool.dir(State.FAILED) / "000098.toml").write_text("[job\nid = 98\n")
     (spool.dir(State.DONE) / "000097.toml").write_bytes(b"\xff\xfe not utf-8")
-    monkeypatch.setattr(ltxq.forkpool, "cpus", lambda: 2)  # fork even on a one-core machine
-    pooled: list[int] = []
-
-    def spy(fn, items, workers=None):
-        results = ltxq.forkpool.fork_map(fn, items, workers)
-        assert results is not None, "fork_map declined to fork"
-        pooled.append(len(results))
-        return results
-
-    monkeypatch.setattr(ltxq.records, "fork_map", spy)
     caches = lambda: {p.name: p.read_text()  # noqa: E731
                       for p in spool.dir("tmp").glob("status-*.cache.json")}
     serial = StatusReader(spool, pool_min=None).view("all").records
+    assert serial == full_records(spool)
     serial_caches = caches()
     for path in spool.dir("tmp").glob("status-*.cache.json"):
         path.unlink()
-    parsed = forbid_parsing(monkeypatch, spool)
-    records = StatusReader(spool, pool_min=1).view("all").records
-    assert pooled == [len(serial)]  # every job file, the 3 invalid ones included
-    assert parsed == []  # none was parsed in this process: the workers did it all
-    assert records == serial == full_records(spool)
-    invalid = {r["origin"]: r["error"] for r in records if r["state"] == "invalid"}
+    out = subprocess.run([sys.executable, "-c", _POOLED_STATUS, str(spool.path)],
+                         capture_output=True, text=True, check=True).stdout
+    pooled = json.loads(out)
+    assert pooled["pooled"] == [len(serial)]  # every job file, the 3 invalid ones included
+    assert pooled["parsed"] == []  # none was parsed in the parent: the workers did it all
+    assert pooled["records"] == json.loads(json.dumps(serial))
+    invalid = {r["origin"]: r["error"] for r in pooled["records"] if r["state"] == "invalid"}
     assert "job.bogus" in invalid["done/000099.toml"]
     assert "invalid TOML" in invalid["failed/000098.toml"]
     assert "not UTF-8" in invalid["done/000097.toml"]
