@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 import types
 import typing
@@ -350,6 +351,8 @@ def _type_checker(hint: Any) -> _Check:
 def _check_float(value: Any, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"must be a number, got {value!r}", key=key)
+    if not math.isfinite(value):  # nan slips through every range check: refuse it here
+        raise ConfigError(f"must be a finite number, got {value!r}", key=key)
     return float(value)
 
 
@@ -424,3 +427,6 @@ def _check_cross_fields(config: TrainingConfig, require_dataset_exists: bool) ->
         dataset = Path(config.data.dataset)
         if not dataset.is_dir():
             raise ConfigError(f"dataset folder not found: {dataset}", key="data.dataset")
+        source = config.model.source
+        if looks_like_local_path(source) and not Path(source).expanduser().is_dir():
+            raise ConfigError(f"model folder not found: {source}", key="model.source")

@@ -49,6 +49,10 @@ def test_defaults_filled_and_paths_resolved(tmp_path: Path) -> None:
     (_with("validation", prompts="one"), "validation.prompts", "list"),
     (_with("lora", target_modules=[]), "lora.target_modules", "at least one"),
     ({"model": {"source": "tiny-random"}}, "data.dataset", "required"),
+    # nan passes every range comparison, so it needs its own refusal
+    (_with("optimization", learning_rate=float("nan")), "optimization.learning_rate", "finite"),
+    (_with("lora", alpha=float("nan")), "lora.alpha", "finite"),
+    (_with("data", frame_rate=float("inf")), "data.frame_rate", "finite"),
 ])
 def test_bad_values_name_the_key(raw: dict, key: str, words: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -89,6 +93,19 @@ def test_missing_dataset_folder_refused_when_required(tmp_path: Path) -> None:
         parse_config(MINIMAL, base_dir=tmp_path, require_dataset_exists=True)
     (tmp_path / "clips").mkdir()
     parse_config(MINIMAL, base_dir=tmp_path, require_dataset_exists=True)
+
+
+def test_missing_local_model_folder_refused_when_required(tmp_path: Path) -> None:
+    (tmp_path / "clips").mkdir()
+    raw = {**MINIMAL, "model": {"source": "./models/ltx"}}
+    with pytest.raises(ConfigError, match="model.source: model folder not found: .*models/ltx"):
+        parse_config(raw, base_dir=tmp_path, require_dataset_exists=True)
+    (tmp_path / "models" / "ltx").mkdir(parents=True)
+    assert parse_config(raw, base_dir=tmp_path, require_dataset_exists=True).model.source == \
+        str(tmp_path / "models" / "ltx")
+    # A hub id is not checked here: no network at submit time.
+    parse_config({**MINIMAL, "model": {"source": "Lightricks/LTX-Video"}}, base_dir=tmp_path,
+                 require_dataset_exists=True)
 
 
 def test_every_field_documented() -> None:
