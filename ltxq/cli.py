@@ -452,6 +452,9 @@ def daemon(spool: Spool, once: bool, exit_when_idle: bool, poll: float, device: 
         sys.exit(SlurmDaemon(spool, options, SlurmOptions(
             partition=partition, gpus=gpus, time_limit=time_limit, sbatch_args=sbatch_args,
             max_jobs=max_jobs, warn_before=warn_before, cancel_grace=cancel_grace)).run())
+    if device and not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
+        raise click.BadParameter(f"expected cpu, cuda, cuda:N or mps, got {device!r}",
+                                 param_hint="--device")
     trainer_device = pin_device(device)  # before anything can import torch
     options = DaemonOptions(once=once, exit_when_idle=exit_when_idle, poll=poll, device=device,
                             trainer_device=trainer_device, trainer=trainer, on_finish=on_finish)

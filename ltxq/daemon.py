@@ -156,8 +156,24 @@ class Daemon:
 
     def _trainer_fn(self) -> Trainer:
         if self._trainer is None:
-            self._trainer = resolve_trainer(self.options.trainer)  # torch loads here, not before
+            trainer = resolve_trainer(self.options.trainer)  # torch loads here, not before
+            self._check_device()
+            self._trainer = trainer
         return self._trainer
+
+    def _check_device(self) -> None:
+        """Refuse a --device this machine lacks before it fails the job (and every next one)."""
+        spec = self.options.trainer or os.environ.get("LTXQ_TRAINER") or DEFAULT_TRAINER
+        if self.options.trainer_device in (None, "cpu") or spec != DEFAULT_TRAINER:
+            return  # a test double runs on any device
+        from ltxq.trainer.device import resolve_device
+
+        try:
+            resolve_device(self.options.trainer_device)
+        except LtxqError as e:
+            # The message names the pinned device ("cuda:0"); the user asked for theirs.
+            reason = str(e).split(": ", 1)[-1]
+            raise LtxqError(f"--device {self.options.device}: {reason}") from None
 
     def _run_job(self, claim: Claim) -> None:
         """Run one claimed job to an outcome (LtxqError if the trainer cannot be loaded)."""

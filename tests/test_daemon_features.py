@@ -248,6 +248,23 @@ def test_device_pinning_sets_cuda_visible_devices(env):
     assert p.returncode == 2
 
 
+def test_a_device_this_machine_lacks_stops_the_daemon_not_the_queue(env):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    env.config(steps=1)
+    first, second = env.submit("job.toml"), env.submit("job.toml")
+    p = env.run("daemon", "--device", "cuda:1", "--exit-when-idle", check=False)
+    assert p.returncode == 1
+    assert p.stderr.strip() == "ltxq: --device cuda:1: no CUDA GPU is available here"
+    assert [(j["id"], j["state"], j["attempts"]) for j in env.status()] == [
+        (first, "pending", 0), (second, "pending", 0)]
+    p = env.run("daemon", "--device", "foo", "--once", check=False)
+    assert p.returncode == 2 and "--device" in p.stderr and "foo" in p.stderr
+    assert {j["state"] for j in env.status()} == {"pending"}
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
 @pytest.mark.parametrize("unit, instance", [("ltxq@.service", "ltxq@0.service"),
                                             ("ltxq.service", "ltxq.service")])
