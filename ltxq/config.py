@@ -126,9 +126,11 @@ class ValidationConfig:
                          "capped at optimization.steps.", 100, min=0)
     inference_steps: int = _doc("Denoising steps per validation video.", 50, min=1)
     guidance_scale: float = _doc("Classifier-free guidance scale.", 3.5, min=0.0)
-    video: str = _doc("Validation video size WIDTHxHEIGHTxFRAMES.", "768x448x89")
+    video: str = _doc("Validation video size WIDTHxHEIGHTxFRAMES; sides multiples of 32, "
+                       "frames 8k+1.", "768x448x89")
     seed: int = _doc("Seed of the validation noise.", 42, min=0)
-    frame_rate: float = _doc("Frame rate of the written mp4.", 25.0, min=1.0)
+    frame_rate: float = _doc("Frame rate of the written mp4, also the sampler's time scale.",
+                              25.0, min=1.0)
 
     @property
     def size(self) -> Resolution:
@@ -237,8 +239,16 @@ def describe_fields() -> list[tuple[str, str, Any, str]]:
                        f.default_factory() if f.default_factory is not dataclasses.MISSING
                        else "(required)")
             rows.append((f"{section}.{f.name}", _type_name(hints[f.name]), default,
-                         f.metadata.get("doc", "")))
+                         f.metadata.get("doc", "") + _allowed(f.metadata)))
     return rows
+
+
+def _allowed(meta: Mapping[str, Any]) -> str:
+    """Say a field's range for the docs (its choices are named in its text already)."""
+    low, high = meta.get("min"), meta.get("max")
+    if low is not None and high is not None:
+        return f" Allowed: {low} to {high}."
+    return f" Allowed: >= {low}." if low is not None else ""
 
 
 # --- parsing helpers -------------------------------------------------------------------

@@ -16,7 +16,7 @@ def render() -> str:
              "a test keeps it current.", "",
              "A job file is TOML: the training sections below plus an optional `[job]` table "
              f"(you may set {', '.join(f'`{k}`' for k in USER_JOB_KEYS)}; ltxq fills in the rest). "
-             "Unknown keys are refused by name.", "",
+             "Unknown keys are refused by name; numbers must be finite and in range.", "",
              "| key | type | default | meaning |", "|---|---|---|---|"]
     for key, type_name, default, doc in describe_fields():
         shown = "(required)" if default == "(required)" else f"`{default!r}`"
