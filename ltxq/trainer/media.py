@@ -40,6 +40,11 @@ def read_frames(path: Path, max_frames: int) -> np.ndarray:
     suffix = path.suffix.lower()
     frames: list[np.ndarray] = []
     try:
+        if path.stat().st_size == 0:
+            raise MediaError("empty file (0 bytes)")
+    except OSError as e:
+        raise MediaError(f"unreadable ({e.strerror or e})") from None
+    try:
         if suffix in IMAGE_EXTENSIONS:
             frames.append(iio.imread(path))
         else:
