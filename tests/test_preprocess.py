@@ -248,6 +248,21 @@ def test_damaged_cache_is_rebuilt(tmp_path: Path, tiny: Components, rec: Recorde
     assert prepare(_config(ds), tiny, log=rec).from_cache
 
 
+def test_truncated_cache_file_is_discarded_and_rebuilt(tmp_path: Path, tiny: Components,
+                                                       rec: Recorder) -> None:
+    # safetensors' SafetensorError is not an OSError/ValueError: it must still count as damage.
+    ds = write_demo_dataset(tmp_path / "demo", clips=2, frames=9, width=48, height=40)
+    first = prepare(_config(ds), tiny, log=rec)
+    os.truncate(first.cache_dir / "000000.safetensors", 50)
+    again = prepare(_config(ds), tiny, log=rec)
+    assert "is not usable: it is damaged" in rec.text() and not again.from_cache
+    assert rec.encoded == 4 and len(again.samples) == 2
+    for a, b in zip(first.samples, again.samples, strict=True):
+        assert torch.equal(a.latents, b.latents)
+    third = prepare(_config(ds), tiny, log=rec)
+    assert third.from_cache and rec.encoded == 4
+
+
 def test_losing_a_publish_race_keeps_the_winner(tmp_path: Path, tiny: Components,
                                                 rec: Recorder, cache: Path) -> None:
     ds = write_demo_dataset(tmp_path / "demo", clips=1, frames=9, width=48, height=40)

@@ -270,8 +270,8 @@ def _load_cache(folder: Path, log: Log) -> PreparedDataset | None:
                                           tensors["prompt_mask"], entry["caption"],
                                           entry["source"]))
         skipped = [(s["source"], s["reason"]) for s in manifest.get("skipped", [])]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        _discard(folder, f"it is damaged ({e})", log)
+    except Exception as e:  # noqa: BLE001 - any unreadable entry (SafetensorError too) is damage
+        _discard(folder, f"it is damaged ({type(e).__name__}: {e})", log)
         return None
     return PreparedDataset(samples, folder, skipped, from_cache=True)
 
