@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -215,6 +217,115 @@ def test_resume_refuses_a_different_lora(tmp_path: Path, tiny: Components) -> No
     with pytest.raises(TrainingError, match="rank 4 -> 8"):
         fit_clean(make_config(optimization={"steps": 4}, lora={"rank": 8}),
                   RecordingRun(tmp_path / "o"), tiny, samples)
+
+
+def _corrupt(folder: Path, what: str) -> None:
+    if what == "lora":
+        os.truncate(folder / ckpt.LORA_FILE, 100)
+    elif what == "state":
+        os.truncate(folder / ckpt.STATE_FILE, (folder / ckpt.STATE_FILE).stat().st_size // 2)
+    else:
+        (folder / ckpt.META_FILE).write_text('{"step": 1')
+
+
+@pytest.mark.parametrize("what", ["lora", "state", "meta"])
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path: Path, tiny: Components,
+                                                              what: str) -> None:
+    config = make_config()
+    samples = random_samples()
+    whole = fit_clean(config, RecordingRun(tmp_path / "whole"), tiny, samples)
+    root = tmp_path / "parts" / "checkpoints"
+    fit_clean(config, RecordingRun(tmp_path / "parts", stop_at=10), tiny, samples)
+    assert [c.step for c in ckpt.list_checkpoints(root)] == [8, 10]
+    _corrupt(root / "step_00010", what)
+
+    again = RecordingRun(tmp_path / "parts")
+    resumed = fit_clean(config, again, tiny, samples)
+    assert resumed.outcome is Outcome.COMPLETED and resumed.step == 12
+    log = "\n".join(again.logs)
+    assert "checkpoint step_00010 is damaged (" in log and "trying the previous one" in log
+    assert f"resuming from {root / 'step_00008'} (step 8 of 12)" in log
+    assert [p[0] for p in again.progress_calls] == list(range(9, 13))
+    assert _max_diff(load_file(whole.lora_path), load_file(resumed.lora_path)) <= 1e-7
+    # The damaged folder is kept aside, out of keep_last's way; pruning went on normally.
+    assert len(list(root.glob("damaged-step_00010-*"))) == 1
+    assert [c.step for c in ckpt.list_checkpoints(root)] == [8, 12]
+
+
+def test_no_loadable_checkpoint_starts_from_scratch(tmp_path: Path, tiny: Components) -> None:
+    config = make_config(optimization={"steps": 6}, checkpoints={"interval": 2, "keep_last": 2})
+    samples = random_samples()
+    whole = fit_clean(config, RecordingRun(tmp_path / "whole"), tiny, samples)
+    root = tmp_path / "parts" / "checkpoints"
+    fit_clean(config, RecordingRun(tmp_path / "parts", stop_at=4), tiny, samples)
+    for c in ckpt.list_checkpoints(root):
+        _corrupt(c.path, "lora")
+    again = RecordingRun(tmp_path / "parts")
+    result = fit_clean(config, again, tiny, samples)
+    assert "no checkpoint could be loaded: starting from scratch" in again.logs
+    assert [p[0] for p in again.progress_calls] == list(range(1, 7))
+    assert _max_diff(load_file(whole.lora_path), load_file(result.lora_path)) <= 1e-7
+    assert [c.step for c in ckpt.list_checkpoints(root)] == [4, 6]
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"optimization": {"learning_rate": 1e-3}}, "optimization.learning_rate 0.005 -> 0.001"),
+    ({"data": {"dataset": "/elsewhere"}}, "data.dataset '/nonexistent' -> '/elsewhere'"),
+    ({"optimization": {"steps": 4}}, "optimization.steps 12 -> 4"),
+    ({"optimization": {"scheduler": "cosine"}}, "optimization.scheduler 'linear' -> 'cosine'"),
+    ({"resources": {"processes": 2}}, "resources.processes 1 -> 2"),
+])
+def test_resume_refuses_other_weight_settings(tmp_path: Path, tiny: Components,
+                                              change: dict, expected: str) -> None:
+    samples = random_samples()
+    out = tmp_path / "o"
+    fit_clean(make_config(), RecordingRun(out, stop_at=8), tiny, samples)
+    written = (out / "config.toml").read_text()
+    with pytest.raises(TrainingError) as info:
+        fit_clean(make_config(**change), RecordingRun(out), tiny, samples)
+    message = str(info.value)
+    assert expected in message and "--output-dir" in message and "\n" not in message
+    assert (out / "config.toml").read_text() == written  # not replaced by the refused config
+
+
+def test_resume_allows_other_validation_and_checkpoint_settings(tmp_path: Path,
+                                                                tiny: Components) -> None:
+    samples = random_samples()
+    whole = fit_clean(make_config(), RecordingRun(tmp_path / "whole"), tiny, samples)
+    fit_clean(make_config(), RecordingRun(tmp_path / "o", stop_at=6), tiny, samples)
+    changed = make_config(checkpoints={"interval": 3, "keep_last": 3},
+                          validation={"inference_steps": 5}, optimization={
+                              "gradient_checkpointing": True})
+    resumed = fit_clean(changed, RecordingRun(tmp_path / "o"), tiny, samples)
+    assert resumed.outcome is Outcome.COMPLETED
+    assert _max_diff(load_file(whole.lora_path), load_file(resumed.lora_path)) <= 1e-6
+
+
+def test_checkpoint_without_settings_record_resumes_as_before(tmp_path: Path,
+                                                              tiny: Components) -> None:
+    samples = random_samples()
+    out = tmp_path / "o"
+    fit_clean(make_config(), RecordingRun(out, stop_at=8), tiny, samples)
+    meta_path = out / "checkpoints" / "step_00008" / ckpt.META_FILE
+    meta = json.loads(meta_path.read_text())
+    del meta["settings"]
+    meta_path.write_text(json.dumps(meta))
+    again = RecordingRun(out)
+    result = fit_clean(make_config(optimization={"learning_rate": 1e-3}), again, tiny, samples)
+    assert result.outcome is Outcome.COMPLETED and result.step == 12
+    assert any("resuming from" in line and "(step 8 of 12)" in line for line in again.logs)
+
+
+def test_complete_run_says_already_complete(tmp_path: Path, tiny: Components) -> None:
+    samples = random_samples()
+    out = tmp_path / "o"
+    fit_clean(make_config(), RecordingRun(out), tiny, samples)
+    again = RecordingRun(out)
+    result = fit_clean(make_config(), again, tiny, samples)
+    assert result.outcome is Outcome.COMPLETED and result.step == 12
+    assert any(line.endswith("already complete at step 12") for line in again.logs)
+    assert not any("resuming" in line for line in again.logs)
+    assert again.progress_calls == []
 
 
 def test_image_bucket_never_conditions_its_only_frame(tmp_path: Path, tiny: Components) -> None:

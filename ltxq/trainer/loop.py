@@ -13,10 +13,16 @@ ranks agree on stopping each step, and only rank 0 writes.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import re
+import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import LTXPipeline
@@ -229,6 +235,27 @@ class Trainer:
         return {"rank": lora.rank, "alpha": lora.effective_alpha,
                 "target_modules": list(lora.target_modules)}
 
+    def settings(self) -> dict[str, Any]:
+        """Return the settings that shape the weights, as flat `section.key` -> JSON value.
+
+        Model, data, LoRA, optimization (steps and schedule included) and resources.processes;
+        not validation, checkpoints, output or job settings. A checkpoint records them, and a
+        resume with other values is refused: it would continue a run those values did not make.
+        """
+        c = self.config
+        out: dict[str, Any] = {}
+        sections = {"model": c.model, "data": c.data, "lora": c.lora,
+                    "optimization": c.optimization}
+        for name, section in sections.items():
+            for key, value in dataclasses.asdict(section).items():
+                if (name, key) == ("optimization", "gradient_checkpointing"):
+                    continue  # memory only: the same weights (tested)
+                out[f"{name}.{key}"] = value
+        out["lora.alpha"] = c.lora.effective_alpha
+        out["resources.processes"] = c.resources.processes
+        # Through JSON, so tuples and lists (and the values read back) compare equal.
+        return json.loads(json.dumps(out, default=str))
+
     def save_checkpoint(self) -> ckpt.Checkpoint | None:
         """Save the complete state at the current step (a no-op if it already exists).
 
@@ -251,7 +278,7 @@ class Trainer:
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         meta = {"total_steps": self.config.optimization.steps,
                 "seed": self.config.optimization.seed, "model": self.components.source,
-                "fingerprint": self.fingerprint()}
+                "fingerprint": self.fingerprint(), "settings": self.settings()}
         saved = ckpt.save(self.checkpoint_root, self.step,
                           lora_state_dict(self.components.transformer), state, meta,
                           self.config.checkpoints.keep_last)
@@ -259,22 +286,70 @@ class Trainer:
         self.run.checkpoint_saved(saved.path, self.step)
         return saved
 
-    def restore(self, found: ckpt.Checkpoint) -> None:
-        """Continue from FOUND: LoRA weights, optimizer, schedule, RNG and data position."""
-        meta = found.meta()
+    def check_meta(self, found: ckpt.Checkpoint, meta: dict[str, Any]) -> None:
+        """Refuse FOUND (TrainingError, one line) if it was trained with other settings."""
         theirs, ours = meta.get("fingerprint", {}), self.fingerprint()
         if theirs != ours:
             diff = ", ".join(f"{k} {theirs.get(k)!r} -> {ours[k]!r}" for k in ours
                              if theirs.get(k) != ours[k])
             raise TrainingError(f"{found.path} belongs to another LoRA ({diff}): use another "
                                 f"output folder, or delete {self.checkpoint_root}")
+        recorded = meta.get("settings")
+        if isinstance(recorded, dict):  # older checkpoints have no record: resume as before
+            ours_s = self.settings()
+            diff = [f"{k} {recorded[k]!r} -> {ours_s[k]!r}" for k in sorted(ours_s)
+                    if k in recorded and recorded[k] != ours_s[k]]
+            if diff:
+                raise TrainingError(
+                    f"{found.path} was trained with other settings ({', '.join(diff)}): "
+                    f"resuming would continue a run this config did not make; use a new "
+                    f"--output-dir (or restore the old settings, or delete "
+                    f"{self.checkpoint_root})")
+        if found.step > self.config.optimization.steps:
+            raise TrainingError(
+                f"{found.path} is at step {found.step}, past this config's "
+                f"{self.config.optimization.steps} steps: use a new --output-dir")
         if meta.get("seed") != self.config.optimization.seed:
             self.run.log(f"note: the checkpoint was trained with seed {meta.get('seed')}")
         if meta.get("model") != self.components.source:
             # A moved model folder is the usual cause; the weights may still be the same.
             self.run.log(f"note: the checkpoint was trained on {meta.get('model')}")
-        load_lora_state_dict(self.components.transformer, found.lora())
-        state = found.state()
+
+    def read_checkpoint(self, found: ckpt.Checkpoint) -> tuple[dict, dict]:
+        """Read FOUND whole (meta checked, LoRA and state) before anything is changed.
+
+        A damaged file raises `DamagedCheckpoint`; other settings raise TrainingError.
+        """
+        try:
+            meta = found.meta()
+            if not isinstance(meta, dict):
+                raise ValueError("meta.json is not an object")
+        except Exception as e:  # noqa: BLE001 - unreadable in any way is damaged
+            raise DamagedCheckpoint(f"{ckpt.META_FILE}: {type(e).__name__}: {e}") from e
+        self.check_meta(found, meta)
+        try:
+            lora = found.lora()
+        except Exception as e:  # noqa: BLE001 - SafetensorError derives from Exception
+            raise DamagedCheckpoint(f"{ckpt.LORA_FILE}: {type(e).__name__}: {e}") from e
+        expected = lora_state_dict(self.components.transformer)
+        bad = [k for k in expected if k not in lora or lora[k].shape != expected[k].shape]
+        if bad or set(lora) != set(expected):
+            raise DamagedCheckpoint(f"{ckpt.LORA_FILE}: does not hold this adapter's weights")
+        try:
+            state = found.state()
+            missing = [k for k in _STATE_KEYS if k not in state]
+            if missing:
+                raise KeyError(f"missing {missing}")
+            if int(state["step"]) != found.step:
+                raise ValueError(f"it says step {int(state['step'])}")
+        except Exception as e:  # noqa: BLE001 - a truncated zip, a bad pickle opcode, ...
+            raise DamagedCheckpoint(f"{ckpt.STATE_FILE}: {type(e).__name__}: {e}") from e
+        return lora, state
+
+    def restore(self, found: ckpt.Checkpoint, loaded: tuple[dict, dict] | None = None) -> None:
+        """Continue from FOUND: LoRA weights, optimizer, schedule, RNG and data position."""
+        lora, state = loaded if loaded is not None else self.read_checkpoint(found)
+        load_lora_state_dict(self.components.transformer, lora)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.generators.load_state_dict(state["generators"])
@@ -283,8 +358,11 @@ class Trainer:
         if self.device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.step = int(state["step"])
-        self.run.log(f"resuming from {found.path} (step {self.step} of "
-                     f"{self.config.optimization.steps})")
+        if self.step >= self.config.optimization.steps:
+            self.run.log(f"{found.path}: already complete at step {self.step}")
+        else:
+            self.run.log(f"resuming from {found.path} (step {self.step} of "
+                         f"{self.config.optimization.steps})")
 
     # --- validation ---------------------------------------------------------------------
 
@@ -354,10 +432,8 @@ def fit(config: TrainingConfig, run: Run, components: Components,
         output_dir.mkdir(parents=True, exist_ok=True)
         export.remove_stale_tmp(output_dir)
     trainer = _set_up(config, run, components, samples, device, precision, ranks)
-    found = _agreed_checkpoint(trainer.checkpoint_root, ranks)
-    if found is not None:
-        trainer.restore(found)
-    else:
+    found = _load_checkpoint(trainer, ranks)
+    if found is None:
         run.log(f"training {config.optimization.steps} steps on {len(trainer.data)} samples, "
                 f"{device}, mixed precision {precision}, LoRA rank {config.lora.rank}"
                 + (f", {ranks.count} ranks" if ranks.count > 1 else ""))
@@ -376,15 +452,61 @@ def fit(config: TrainingConfig, run: Run, components: Components,
                        validation_sample=newest_sample(output_dir))
 
 
-def _agreed_checkpoint(root: Path, ranks: Ranks) -> ckpt.Checkpoint | None:
-    """Return the newest checkpoint under ROOT as rank 0 sees it, so every rank loads it."""
-    found = ckpt.latest(root)
-    step = ranks.from_main(found.step if found is not None else -1)
+class DamagedCheckpoint(Exception):
+    """A checkpoint file that cannot be read back (truncated, corrupt, wrong contents)."""
+
+
+_STATE_KEYS = ("step", "optimizer", "scheduler", "generators", "data_position", "torch_rng")
+
+
+def _load_checkpoint(trainer: Trainer, ranks: Ranks) -> ckpt.Checkpoint | None:
+    """Restore TRAINER from the newest checkpoint that reads back whole; None if none does.
+
+    Rank 0 chooses: a damaged one is logged and moved aside (never deleted), and the next
+    older is tried. Every rank then loads the one rank 0 chose.
+    """
+    root, log = trainer.checkpoint_root, trainer.run.log
+    chosen: tuple[ckpt.Checkpoint, tuple[dict, dict]] | None = None
+    refused: TrainingError | None = None
+    if ranks.is_main:
+        damaged = False
+        for found in reversed(ckpt.list_checkpoints(root)):
+            try:
+                chosen = found, trainer.read_checkpoint(found)
+                break
+            except DamagedCheckpoint as e:
+                damaged = True
+                log(f"checkpoint {found.path.name} is damaged ({e}); trying the previous one")
+                _move_aside(found, log)
+            except TrainingError as e:  # other settings: tell the other ranks, then raise
+                refused = e
+                break
+        if chosen is None and damaged and refused is None:
+            log("no checkpoint could be loaded: starting from scratch")
+    step = ranks.from_main(-2 if refused is not None else
+                           chosen[0].step if chosen is not None else -1)
+    if refused is not None:
+        raise refused
+    if step == -2:
+        raise TrainingError("rank 0 refused the checkpoint (see its log)")
     if step < 0:
         return None
-    if found is None or found.step != step:
+    if chosen is None:  # another rank: read what rank 0 read
         found = ckpt.Checkpoint(root / ckpt.folder_name(step), step)
-    return found
+        chosen = found, trainer.read_checkpoint(found)
+    trainer.restore(*chosen)
+    return chosen[0]
+
+
+def _move_aside(found: ckpt.Checkpoint, log: Callable[[str], None]) -> None:
+    """Rename a damaged checkpoint out of the step_* names (kept for a look, never pruned)."""
+    aside = found.path.with_name(f"damaged-{found.path.name}-{secrets.token_hex(3)}")
+    try:
+        os.rename(found.path, aside)
+    except OSError as e:
+        log(f"could not move {found.path} aside ({e})")
+    else:
+        log(f"moved it aside to {aside}")
 
 
 def _set_up(config: TrainingConfig, run: Run, components: Components,
