@@ -273,7 +273,7 @@ def test_no_loadable_checkpoint_starts_from_scratch(tmp_path: Path, tiny: Compon
     ({"data": {"dataset": "/elsewhere"}}, "data.dataset '/nonexistent' -> '/elsewhere'"),
     ({"optimization": {"steps": 4}}, "optimization.steps 12 -> 4"),
     ({"optimization": {"scheduler": "cosine"}}, "optimization.scheduler 'linear' -> 'cosine'"),
-    ({"resources": {"processes": 2}}, "resources.processes 1 -> 2"),
+    ({"resources": {"processes": 2}}, "optimization.batch_size*resources.processes 2 -> 4"),
 ])
 def test_resume_refuses_other_weight_settings(tmp_path: Path, tiny: Components,
                                               change: dict, expected: str) -> None:

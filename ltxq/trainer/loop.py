@@ -252,7 +252,11 @@ class Trainer:
                     continue  # memory only: the same weights (tested)
                 out[f"{name}.{key}"] = value
         out["lora.alpha"] = c.lora.effective_alpha
-        out["resources.processes"] = c.resources.processes
+        # Ranks x per-rank batch is the step's batch: a 2-rank checkpoint of batch 1 resumes
+        # in one process of batch 2 (a killed rank's run finished alone), so compare the product.
+        del out["optimization.batch_size"]
+        out["optimization.batch_size*resources.processes"] = (c.optimization.batch_size
+                                                              * c.resources.processes)
         # Through JSON, so tuples and lists (and the values read back) compare equal.
         return json.loads(json.dumps(out, default=str))
 
