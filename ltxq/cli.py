@@ -261,6 +261,8 @@ def resume(spool: Spool, ids: tuple[int, ...], fresh: bool) -> None:
 @click.pass_obj
 def logs(spool: Spool, job_id: int, follow: bool, lines: int | None) -> None:
     """Print a job's log (progress, checkpoints, samples, errors)."""
+    if lines is not None and lines < 0:
+        raise ConfigError(f"must be 0 or more, got {lines}", key="--lines")
     spool.get(job_id)
     path = spool.log_path(job_id)
     try:

@@ -21,7 +21,8 @@ from typing import Any
 
 from ltxq.errors import ConfigError, LtxqError
 from ltxq.jobrun import JobRun
-from ltxq.spool import Claim, Spool, State
+from ltxq.job import Job
+from ltxq.spool import Claim, Entry, Spool, State
 from ltxq.workers import Registration
 
 DEFAULT_TRAINER = "ltxq.trainer:train"
@@ -143,7 +144,12 @@ class Daemon:
             self.spool.recover()
             claim = None
             if not self.spool.paused:
-                claim = self.spool.claim(self.worker, self.options.device)
+                failed: list[Entry] = []
+                try:
+                    claim = self.spool.claim(self.worker, self.options.device, failed)
+                finally:
+                    for entry in failed:  # dependency failures end jobs too: hooks run
+                        self._notify(entry.id, entry.job, entry.state)
             if claim is not None:
                 self._run_job(claim)
                 if self.options.once:
@@ -205,7 +211,7 @@ class Daemon:
             state = self._record(claim, result)
         self.registration.update(job=None)
         if state.finished:
-            self._notify(claim, state)
+            self._notify(claim.id, claim.job, state)
 
     def _record(self, claim: Claim, result: Any) -> State:
         """Turn a TrainResult into the job's transition; return the new state."""
@@ -231,29 +237,30 @@ class Daemon:
         spool.finish(claim, state, **changes)
         return state
 
-    def _notify(self, claim: Claim, state: State) -> None:
-        """Run the on_finish commands; their failure is logged, never the job's."""
-        commands = [c for c in (self.options.on_finish, claim.job.meta.on_finish) if c]
+    def _notify(self, job_id: int, job: Job, state: State) -> None:
+        """Run the on_finish commands of JOB, which ended in STATE; their failure is logged,
+        never the job's."""
+        commands = [c for c in (self.options.on_finish, job.meta.on_finish) if c]
         if not commands:
             return
-        meta = claim.job.meta
+        meta = job.meta
         env = dict(os.environ,
-                   LTXQ_JOB_ID=str(claim.id), LTXQ_JOB_STATE=str(state),
-                   LTXQ_JOB_NAME=meta.name, LTXQ_OUTPUT_DIR=str(claim.job.output_dir()),
+                   LTXQ_JOB_ID=str(job_id), LTXQ_JOB_STATE=str(state),
+                   LTXQ_JOB_NAME=meta.name, LTXQ_OUTPUT_DIR=str(job.output_dir()),
                    LTXQ_CHECKPOINT=meta.checkpoint or "", LTXQ_ERROR=meta.error or "",
                    LTXQ_SPOOL=str(self.spool.path))
         for command in commands:
-            self.spool.log(claim.id, f"on_finish: {command}")
+            self.spool.log(job_id, f"on_finish: {command}")
             try:
-                with open(self.spool.log_path(claim.id), "ab") as out:
+                with open(self.spool.log_path(job_id), "ab") as out:
                     rc = subprocess.run(command, shell=True, env=env, stdin=subprocess.DEVNULL,
                                         stdout=out, stderr=subprocess.STDOUT,
                                         timeout=ON_FINISH_TIMEOUT_S).returncode
             except (OSError, subprocess.TimeoutExpired) as e:
-                self.spool.log(claim.id, f"on_finish failed: {_one_line(e)}")
+                self.spool.log(job_id, f"on_finish failed: {_one_line(e)}")
                 continue
             if rc:
-                self.spool.log(claim.id, f"on_finish failed: exit status {rc}")
+                self.spool.log(job_id, f"on_finish failed: exit status {rc}")
 
 
 def _one_line(e: BaseException) -> str:

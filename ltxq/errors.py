@@ -31,6 +31,23 @@ class ConfigError(LtxqError):
         return ConfigError(self.message, key=self.key, file=file)
 
 
+class NotRegularFile(ConfigError):
+    """A job file's name points at a directory, a pipe, a broken link...: never opened as a job."""
+
+    def __init__(self, kind: str, *, file: Path | str | None = None):
+        self.kind = kind
+        super().__init__(f"not a regular file ({kind})", file=file)
+
+    def with_file(self, file: Path | str) -> NotRegularFile:
+        return NotRegularFile(self.kind, file=file)
+
+
+class BadArgument(LtxqError, ValueError):
+    """A Python API argument is out of range (an unknown state, an id that is no number)."""
+
+    exit_code = 2
+
+
 class JobNotFound(LtxqError):
     """No job with that id is in the spool."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -55,6 +56,48 @@ def write_atomic(dest: Path, data: str | bytes, tmp_dir: Path) -> None:
         os.unlink(tmp)
         raise
     fsync_dir(dest.parent)
+
+
+_KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "named pipe"), (stat.S_ISSOCK, "socket"),
+          (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+
+
+def not_regular(mode: int) -> str | None:
+    """Return what a non-regular file of MODE is ("directory", "named pipe"...), else None."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for test, kind in _KINDS if test(mode)), "special file")
+
+
+def read_regular(path: Path) -> tuple[os.stat_result, bytes]:
+    """Return the stat and bytes of regular file PATH (a link to one is followed).
+
+    Never blocks on a named pipe: NotRegularFile for a directory, pipe, socket, device or broken
+    link; FileNotFoundError if nothing is there.
+    """
+    from ltxq.errors import NotRegularFile
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise NotRegularFile("broken symbolic link", file=path) from None
+        raise
+    except OSError as e:  # ELOOP, EACCES on a socket...: not something we can read as a job
+        if os.path.lexists(path):
+            raise NotRegularFile(f"cannot open: {e.strerror or e}", file=path) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        kind = not_regular(st.st_mode)
+        if kind is not None:
+            raise NotRegularFile(kind, file=path)
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return st, b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def move(src: Path, dest: Path) -> None:

@@ -22,8 +22,9 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from ltxq.errors import ConfigError
+from ltxq.errors import ConfigError, NotRegularFile
 from ltxq.forkpool import fork_map
+from ltxq.fsutil import read_regular
 from ltxq.job import Job, JobMeta
 from ltxq.progress import Progress, last_progress
 from ltxq.spool import FINISHED, Entry, Invalid, Spool, State, file_name, stem
@@ -160,12 +161,20 @@ class StatusReader:
         ahead = self._ahead.pop(path, None)
         if ahead is None:
             if cache is not None:
-                hit = cache.get(path.name, os.stat(path))
+                try:
+                    st = os.stat(path)
+                except FileNotFoundError:
+                    if os.path.islink(path):
+                        raise NotRegularFile("broken symbolic link", file=path) from None
+                    raise
+                hit = cache.get(path.name, st)
                 if hit is not MISSING:
                     return hit
             key, facts = self._parse(path, state)
         elif ahead[0] == "invalid":
             raise ConfigError(ahead[1], key=ahead[2], file=ahead[3])
+        elif ahead[0] == "not regular":
+            raise NotRegularFile(ahead[1], file=ahead[2])
         else:
             _, key, facts, log = ahead
             if log is not None:
@@ -176,9 +185,8 @@ class StatusReader:
 
     def _parse(self, path: Path, state: State) -> tuple[list[int], dict[str, Any]]:
         """Read, parse and validate job file PATH; return its stat key and its facts."""
-        with open(path, "rb") as f:
-            key = stat_key(os.fstat(f.fileno()))  # the key of the very bytes parsed
-            data = f.read()
+        st, data = read_regular(path)  # never opens a pipe; NotRegularFile for a directory
+        key = stat_key(st)  # the key of the very bytes parsed
         return key, job_facts(self.spool.parse_file(data, path, state))
 
     def _read_ahead(self, states: list[State],
@@ -219,6 +227,8 @@ class StatusReader:
                     and not cache.stored(f"log {stem(facts['id'])}")):
                 log = self._read_log(facts["id"])
             return ("facts", key, facts, log)
+        except NotRegularFile as e:
+            return ("not regular", e.kind, e.file)
         except ConfigError as e:  # sent as plain data: the parent raises it again
             return ("invalid", e.message, e.key, e.file)
         except Exception:  # noqa: BLE001 - gone, unreadable: `facts` reads it and decides

@@ -37,7 +37,7 @@ from ltxq.progress import last_progress
 from ltxq.slurm import JobState
 from ltxq.slurm_entry import (EXIT_COMPLETED, EXIT_FAILED, EXIT_NO_TRAINER, EXIT_STOPPED,
                               EXIT_USAGE, batch_script, parse_result_line)
-from ltxq.spool import Claim, Spool, State, stem
+from ltxq.spool import Claim, Entry, Spool, State, stem
 from ltxq.workers import Registration
 
 NO_TRAINER_BACKOFF_S = 60.0  # a node without a working install: do not feed it a job per poll
@@ -110,7 +110,12 @@ class SlurmDaemon(Daemon):
         while (len(self.flights) < self.slurm.max_jobs
                and not (self.options.once and self._submitted)
                and time.monotonic() >= self._claim_after and not self.spool.paused):
-            claim = self.spool.claim(self.worker)
+            failed: list[Entry] = []
+            try:
+                claim = self.spool.claim(self.worker, failed=failed)
+            finally:
+                for entry in failed:  # dependency failures end jobs too: hooks run
+                    self._notify(entry.id, entry.job, entry.state)
             if claim is None:
                 break
             self._submit(claim)
@@ -173,7 +178,7 @@ class SlurmDaemon(Daemon):
             self.spool.log(claim.id, f"failed: {why}")
             self.spool.finish(claim, State.FAILED, attempts=attempts, error=why,
                               slurm_job_id=None)
-            self._notify(claim, State.FAILED)
+            self._notify(claim.id, claim.job, State.FAILED)
         else:
             self.spool.log(claim.id, f"{why}; requeued (attempt {attempts} of "
                                      f"{meta.max_attempts} used)")
@@ -263,7 +268,7 @@ class SlurmDaemon(Daemon):
             new = self._died(claim, sid, state, text, cancelled, changes)
         spool.finish(claim, new, **changes)
         if new.finished:
-            self._notify(claim, new)
+            self._notify(claim.id, claim.job, new)
 
     def _died(self, claim: Claim, sid: str, state: JobState | None, text: str, cancelled: bool,
               changes: dict[str, object]) -> State:

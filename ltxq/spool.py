@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from ltxq import fsutil
-from ltxq.errors import ConfigError, JobNotFound, LtxqError, WrongState
+from ltxq.errors import (BadArgument, ConfigError, JobNotFound, LtxqError, NotRegularFile,
+                         WrongState)
 from ltxq.fsutil import Lock, write_atomic
 from ltxq.job import USER_JOB_KEYS, Job, JobMeta, dump_job, job_from_dict, now, parse_job
 from ltxq.progress import stamp
@@ -51,6 +52,9 @@ class State(StrEnum):
 
 
 FINISHED = frozenset({State.DONE, State.FAILED, State.CANCELLED})
+# Where `get` and `state_of` look for a job: pending/ last, so that a stray copy of a job in
+# pending/ (not yet adopted under a new id) never hides the job itself.
+_LOOKUP = (State.RUNNING, State.DONE, State.FAILED, State.CANCELLED, State.PENDING)
 _ID_NAME = re.compile(r"(\d{6,})\.toml")
 _OTHER_DIRS = ("logs", "locks", "control", "tmp", "invalid")
 _T = TypeVar("_T")
@@ -225,14 +229,38 @@ class Spool:
             raise (e.with_file(file) if file else e) from None
         job = job_from_dict(doc, file=file, base_dir=base_dir, require_dataset_exists=True)
         job = fresh_job(job, default_name=default_name or Path(job.config.data.dataset).name)
-        self.check_parents(job)
+        check_name(job, file)
+        self.check_parents(job, file)
         return job
 
-    def check_parents(self, job: Job) -> None:
-        """Raise JobNotFound if a job named in [job].after is not in the spool."""
+    def check_parents(self, job: Job, file: Path | str | None = None) -> None:
+        """Raise ConfigError (key job.after) if a job named in [job].after is not in the spool,
+        is the job itself, or waits (through its own [job].after) for this job: a cycle."""
+        own = job.meta.id
         for parent in job.meta.after:
+            if parent == own:
+                raise ConfigError(f"job {own} cannot wait for itself", key="job.after", file=file)
             if self.state_of(parent) is None:
-                raise JobNotFound(f"job {parent} (in --after / job.after) is not in {self.path}")
+                raise ConfigError(f"job {parent} is not in {self.path}", key="job.after",
+                                  file=file)
+        if own is None:
+            return  # a new job: nothing can wait for it yet
+        paths = [[own, p] for p in job.meta.after]
+        seen = set()
+        while paths:
+            path = paths.pop()
+            if path[-1] in seen:
+                continue
+            seen.add(path[-1])
+            try:
+                after = self.get(path[-1]).job.meta.after
+            except LtxqError:
+                continue
+            for parent in after:
+                if parent == own:
+                    raise ConfigError("dependency cycle: " + " -> ".join(map(str, path + [own])),
+                                      key="job.after", file=file)
+                paths.append(path + [parent])
 
     def publish(self, job: Job, *, unique: bool = False) -> int:
         """Give a validated JOB an id and publish it in pending/ with one rename; return the id."""
@@ -288,7 +316,7 @@ class Spool:
         SELECT(state, id) is false are not read, only counted in `skipped`.
         """
         states = _states(state)
-        self.adopt()
+        _, copies = self._adopt_pass()
         by_id: dict[int, tuple[State, Path, _T] | State] = {}
         problems: list[Invalid] = []
         for st in states:
@@ -298,6 +326,8 @@ class Spool:
                 if not m:
                     continue
                 job_id = int(m[1])
+                if st is State.PENDING and name in copies:
+                    continue  # a copy of a job in another folder, adopted once settled
                 if select is not None and not select(st, job_id):
                     by_id[job_id] = st
                     continue
@@ -306,6 +336,10 @@ class Spool:
                     entry = (st, path, read(path, st))
                 except FileNotFoundError:
                     continue  # it moved on while we looked; a later folder may show it
+                except NotRegularFile as e:
+                    if st is State.PENDING:  # moved aside to invalid/, shown from there
+                        self._set_aside(path, e.message, job_id)
+                    continue  # elsewhere: no job, skipped
                 except ConfigError as e:
                     # Pending under a job's name but not that job: a copy or a bare config
                     # is adopted, a broken file moved aside.
@@ -348,10 +382,12 @@ class Spool:
             out.append(Invalid(folder / name, origin, error))
         return out
 
-    def get(self, job_id: int) -> Entry:
-        """Return job JOB_ID wherever it is; JobNotFound if it is in no folder."""
+    def get(self, job_id: int | str) -> Entry:
+        """Return job JOB_ID (an int or a numeric string) wherever it is; JobNotFound if it is
+        in no folder."""
+        job_id = _job_id(job_id)
         for _ in range(3):  # a job moving backwards (requeue) can slip past one pass
-            for st in State:
+            for st in _LOOKUP:
                 path = self.dir(st) / file_name(job_id)
                 try:
                     return Entry(st, path, self._read(path, st))
@@ -364,13 +400,13 @@ class Spool:
     def state_of(self, job_id: int) -> State | None:
         """Return the folder job JOB_ID is in, or None."""
         for _ in range(2):
-            for st in State:
+            for st in _LOOKUP:
                 if (self.dir(st) / file_name(job_id)).exists():
                     return st
         return None
 
     def _read(self, path: Path, state: State) -> Job:
-        return self.parse_file(path.read_bytes(), path, state)
+        return self.parse_file(fsutil.read_regular(path)[1], path, state)
 
     def parse_file(self, data: bytes, path: Path, state: State) -> Job:
         """Validate DATA, the bytes of job file PATH in STATE's folder (its name is its id)."""
@@ -386,29 +422,70 @@ class Spool:
     # --- hand-dropped files ----------------------------------------------------------------
 
     def adopt(self) -> list[int]:
-        """Adopt settled hand-dropped pending/ files; move broken ones to invalid/."""
-        adopted = []
-        for name in os.listdir(self.dir(State.PENDING)):
-            if name.startswith(".") or not name.endswith(".toml") or _ID_NAME.fullmatch(name):
+        """Adopt settled hand-dropped pending/ files; move broken ones to invalid/.
+
+        A pending/ file named like a job that is in another folder too (a copy of a finished
+        job, to run it again) is a hand-dropped file: it is adopted under a new id.
+        """
+        return self._adopt_pass()[0]
+
+    def _adopt_pass(self) -> tuple[list[int], set[str]]:
+        """Adopt what `adopt` adopts; return the new ids and the names of pending/ copies of
+        jobs in other folders that are left there (not settled yet, or locked)."""
+        adopted: list[int] = []
+        pending = self.dir(State.PENDING)
+        names = os.listdir(pending)
+        numbered = {n for n in names if _ID_NAME.fullmatch(n)}
+        copies: set[str] = set()
+        if numbered:
+            for st in _LOOKUP[:-1]:
+                copies.update(numbered.intersection(os.listdir(self.dir(st))))
+        for name in names:
+            if name.startswith(".") or not name.endswith(".toml") or (
+                    name in numbered and name not in copies):
                 continue  # editor swap files, partial copies named .x.tmp; queued jobs
-            new_id = self._take_in(self.dir(State.PENDING) / name)
+            if name in copies:
+                new_id = self._take_in_copy(pending / name)
+                if new_id is None and os.path.lexists(pending / name):
+                    continue
+                copies.discard(name)
+            else:
+                new_id = self._take_in(pending / name)
             if new_id is not None:
                 adopted.append(new_id)
-        return adopted
+        return adopted, copies
 
-    def _take_in(self, path: Path) -> int | None:
-        """Adopt the settled pending/ file PATH as a new job, or move it aside if broken."""
+    def _take_in_copy(self, path: Path) -> int | None:
+        """Adopt PATH, a pending/ file named like a job in another folder, as a new job."""
+        job_id = int(path.stem)
+        lock = self.lock(job_id)
+        if not lock.try_acquire():
+            return None  # the job is moving right now: look again next time
         try:
-            if time.time() - path.stat().st_mtime < self.settle_seconds:
+            # Under the job's lock nothing moves it: is it still in two folders?
+            if not any((self.dir(st) / path.name).exists() for st in _LOOKUP[:-1]):
+                return None
+            return self._take_in(path, locked=True)
+        finally:
+            lock.release()
+
+    def _take_in(self, path: Path, *, locked: bool = False) -> int | None:
+        """Adopt the settled pending/ file PATH as a new job, or move it aside if broken."""
+        m = _ID_NAME.fullmatch(path.name)
+        set_aside_id = int(m[1]) if m and not locked else None
+        try:
+            if time.time() - os.lstat(path).st_mtime < self.settle_seconds:
                 return None  # may still be being written
-            data = path.read_bytes()
+            data = fsutil.read_regular(path)[1]
         except FileNotFoundError:
             return None
-        m = _ID_NAME.fullmatch(path.name)
+        except NotRegularFile as e:
+            self._set_aside(path, e.message, set_aside_id)
+            return None
         try:
             job = parse_job(data, base_dir=self.path.parent, require_dataset_exists=True)
         except ConfigError as e:
-            self._set_aside(path, str(e), int(m[1]) if m else None)
+            self._set_aside(path, str(e), set_aside_id)
             return None
         return self._adopt(path, job)
 
@@ -420,6 +497,7 @@ class Spool:
             return None
         job = fresh_job(job, default_name=Path(path.name).stem)
         try:
+            check_name(job)
             self.check_parents(job)
             new_id = self.publish(job)
         except LtxqError as e:
@@ -518,7 +596,8 @@ class Spool:
         job = parse_job(text, file=path, base_dir=self.path.parent, require_dataset_exists=True)
         if job.meta.id != job_id:
             raise ConfigError(f"must stay {job_id}", key="job.id", file=path)
-        self.check_parents(job)
+        check_name(job, path)
+        self.check_parents(job, path)
         lock = self.lock(job_id)
         if not lock.try_acquire():
             raise WrongState(f"job {job_id} is being claimed or changed right now; edit refused")
@@ -607,23 +686,42 @@ class Spool:
 
     # --- daemon transitions ----------------------------------------------------------------
 
-    def claim(self, worker: str, device: str | None = None) -> Claim | None:
+    def claim(self, worker: str, device: str | None = None,
+              failed: list[Entry] | None = None) -> Claim | None:
         """Claim the first runnable pending job (priority, then id) for WORKER, or None.
 
         Jobs waiting for [job].after parents are skipped; those whose parent failed, was
-        cancelled or is gone are moved to failed/ on the way.
+        cancelled or is gone, and those caught in a dependency cycle, are moved to failed/ on
+        the way (and appended to FAILED, as they are now).
         """
         pending = self.jobs(State.PENDING)
         pending.sort(key=lambda e: (-e.job.meta.priority, e.id))
+        graph = {e.id: e.job.meta.after for e in pending}
         for entry in pending:
-            if entry.job.meta.after and not self._dependencies_done(entry):
+            if entry.job.meta.after:
+                cycle = _cycle_from(entry.id, graph)
+                if cycle is not None:
+                    self._fail_pending(entry, "dependency cycle: " + " -> ".join(map(str, cycle)),
+                                       failed)
+                    continue
+            if entry.job.meta.after and not self._dependencies_done(entry, failed):
                 continue
             claim = self._claim_one(entry.id, worker, device)
             if claim is not None:
                 return claim
         return None
 
-    def _dependencies_done(self, entry: Entry) -> bool:
+    def _fail_pending(self, entry: Entry, why: str, failed: list[Entry] | None) -> None:
+        """Move pending ENTRY to failed/ with error WHY (unless it moved on meanwhile)."""
+        finished_at = self.clock()
+        if self._move_locked(entry.id, State.PENDING, State.FAILED, error=why,
+                             finished_at=finished_at):
+            self.log(entry.id, why)
+            if failed is not None:
+                failed.append(Entry(State.FAILED, self.dir(State.FAILED) / file_name(entry.id),
+                                    entry.job.with_meta(error=why, finished_at=finished_at)))
+
+    def _dependencies_done(self, entry: Entry, failed: list[Entry] | None = None) -> bool:
         for parent in entry.job.meta.after:
             state = self.state_of(parent)
             if state is State.DONE:
@@ -633,9 +731,7 @@ class Spool:
             why = f"dependency {parent} failed" + (
                 f" (it was {state})" if state is State.CANCELLED else
                 " (it is no longer in the spool)" if state is None else "")
-            if self._move_locked(entry.id, State.PENDING, State.FAILED, error=why,
-                                 finished_at=self.clock()):
-                self.log(entry.id, why)
+            self._fail_pending(entry, why, failed)
             return False
         return True
 
@@ -714,8 +810,8 @@ class Spool:
                 path = self.dir(State.RUNNING) / name
                 try:
                     job = self._read(path, State.RUNNING)
-                except FileNotFoundError:
-                    continue  # finished between our listdir and our lock
+                except (FileNotFoundError, NotRegularFile):
+                    continue  # finished between our listdir and our lock; no job file at all
                 except ConfigError as e:
                     lock.release()
                     self._set_aside(path, str(e), job_id)
@@ -746,11 +842,52 @@ class Spool:
         return recovered
 
 
+def _cycle_from(start: int, graph: Mapping[int, list[int]]) -> list[int] | None:
+    """Return [START, ..., START] if START waits for itself through GRAPH (id -> after), else
+    None. Only pending jobs are in GRAPH: a cycle through any other job cannot block."""
+    paths = [[start, p] for p in graph.get(start, ())]
+    seen: set[int] = set()
+    while paths:
+        path = paths.pop()
+        node = path[-1]
+        if node == start:
+            return path
+        if node in seen or node not in graph:
+            continue
+        seen.add(node)
+        paths.extend(path + [p] for p in graph[node])
+    return None
+
+
+def check_name(job: Job, file: Path | str | None = None) -> None:
+    """Refuse a job name with a line break or another control character (it is one line in
+    status, logs and hook environments)."""
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in job.meta.name):
+        raise ConfigError(f"must not contain line breaks or control characters, got "
+                          f"{job.meta.name!r}", key="job.name", file=file)
+
+
+def _job_id(job_id: int | str) -> int:
+    if isinstance(job_id, bool) or not isinstance(job_id, (int, str)):
+        raise BadArgument(f"a job id is a positive integer, got {job_id!r}")
+    if isinstance(job_id, str):
+        if not job_id.strip().isdigit():
+            raise BadArgument(f"a job id is a positive integer, got {job_id!r}")
+        job_id = int(job_id)
+    if job_id < 1:
+        raise BadArgument(f"a job id is a positive integer, got {job_id!r}")
+    return job_id
+
+
 def _states(state: State | str | Iterable[State | str] | None) -> list[State]:
     if state is None or state == "all":
         return list(State)
     if isinstance(state, str):
-        return [State(state)]
+        try:
+            return [State(state)]
+        except ValueError:
+            raise BadArgument(f"unknown state {state!r}; expected one of "
+                              f"{', '.join(State)} or all") from None
     out: list[State] = []
     for s in state:
         out.extend(_states(s))

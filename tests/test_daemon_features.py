@@ -39,7 +39,7 @@ def test_dependency_chains_run_in_order_and_fail_with_their_parent(env):
     p = env.submit("job.toml", "--priority", "-5")
     q = env.submit("job.toml", "--after", str(p))
     env.run("cancel", str(p))
-    assert env.run("submit", "job.toml", "--after", "99", check=False).returncode == 1
+    assert env.run("submit", "job.toml", "--after", "99", check=False).returncode == 2
     drain(env)
     assert [j for j, _ in env.ran()] == [a, b, c]  # x fails before the fake records a start
     states = {j["id"]: (j["state"], j["error"]) for j in env.status()}

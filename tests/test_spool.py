@@ -231,7 +231,7 @@ def test_dependencies_wait_then_fail_with_their_parent(spool, cfg):
     parent = spool.submit(cfg)
     child = spool.submit(cfg, after=[parent])
     grandchild = spool.submit(cfg, after=[child])
-    with pytest.raises(JobNotFound):
+    with pytest.raises(ConfigError, match="job.after"):
         spool.submit(cfg, after=[99])
     claim = spool.claim("w")
     assert claim.id == parent
