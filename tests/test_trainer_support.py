@@ -96,3 +96,19 @@ def fit_clean(config: TrainingConfig, run: RecordingRun, components: Components,
         return fit(config, run, components, samples)
     finally:
         remove_lora(components.transformer)
+
+
+def test_preprocessing_reports_progress_at_a_steady_rate() -> None:
+    from ltxq.trainer.loop import _preprocess_progress
+
+    lines: list[str] = []
+    every_time = _preprocess_progress(lines.append, every=0.0)
+    for done in range(4):
+        every_time(done, 3)
+    assert lines == ["preprocessing: 1/3 media files encoded",
+                     "preprocessing: 2/3 media files encoded"]  # not 0/3, not the last
+    lines.clear()
+    rarely = _preprocess_progress(lines.append, every=3600.0)
+    for done in range(4):
+        rarely(done, 3)
+    assert lines == []

@@ -66,7 +66,8 @@ def train(config: TrainingConfig, run: Run, ranks: Ranks | None = None) -> Train
         try:
             # Rank 0 fills the preprocessing cache; the others then read it instead of racing.
             with ranks.main_first():
-                samples = prepare_dataset(config, components, log=run.log)
+                samples = prepare_dataset(config, components, log=run.log,
+                                          progress=_preprocess_progress(run.log))
             return fit(config, run, components, samples, device=device, precision=precision,
                        ranks=ranks)
         finally:
@@ -419,6 +420,21 @@ class Trainer:
             sps = took if sps is None else sps + _SPS_SMOOTHING * (took - sps)
             self.run.progress(self.step, total, loss, lr, sps)
 
+
+
+def _preprocess_progress(log: Callable[[str], None],
+                         every: float = 10.0) -> Callable[[int, int], None]:
+    """Log "preprocessing k/N" at most every EVERY seconds: encoding a real dataset takes
+    minutes, and the log (and status) would otherwise look stuck."""
+    last = time.monotonic()
+
+    def report(done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if 0 < done < total and now - last >= every:
+            log(f"preprocessing: {done}/{total} media files encoded")
+            last = now
+    return report
 
 def fit(config: TrainingConfig, run: Run, components: Components,
         samples: list[PreparedSample], *, device: torch.device | None = None,
