@@ -69,6 +69,13 @@ class Env:
     def config(self, name: str = "job.toml", **kw: Any) -> Path:
         return write_config(self.root / name, **kw)
 
+    def failing_config(self, name: str = "bad.toml", error: str = "nope", steps: int = 2) -> Path:
+        """Write a config whose dataset makes the fake trainer fail with ERROR."""
+        bad = self.root / "bad"
+        bad.mkdir(exist_ok=True)
+        (bad / "FAIL").write_text(error)
+        return self.config(name, dataset="bad", steps=steps)
+
     def run(self, *args: str, check: bool = True, input: str | None = None,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """Run `ltxq ARGS` in a subprocess; check=True expects exit 0."""

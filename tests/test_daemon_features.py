@@ -26,10 +26,7 @@ def drain(env, *args: str) -> None:
 
 def test_dependency_chains_run_in_order_and_fail_with_their_parent(env):
     env.config(steps=2)
-    bad = env.root / "bad"
-    bad.mkdir()
-    (bad / "FAIL").write_text("broken data")
-    env.config("bad.toml", dataset="bad", steps=2)
+    env.failing_config(error="broken data", steps=2)
     a = env.submit("job.toml", "--priority", "-1")
     b = env.submit("job.toml", "--after", str(a), "--priority", "5")
     c = env.submit("job.toml", "--after", f"{a},{b}")
@@ -130,10 +127,7 @@ def test_priority_reorders_pending_jobs(env):
 
 def test_on_finish_gets_the_values_and_its_failure_never_touches_the_job(env):
     env.config(steps=4, interval=2)
-    bad = env.root / "bad"
-    bad.mkdir()
-    (bad / "FAIL").write_text("nope")
-    env.config("bad.toml", dataset="bad", steps=4)
+    env.failing_config(error="nope", steps=4)
     ok = env.submit("job.toml", "--name", "cake")
     failing = env.submit("bad.toml", "--on-finish", "exit 3")
     notify = 'env | grep ^LTXQ_ | sort > "notify-$LTXQ_JOB_ID.txt"'
@@ -158,10 +152,7 @@ def test_on_finish_gets_the_values_and_its_failure_never_touches_the_job(env):
 
 def test_wait_exit_codes(env):
     env.config(steps=2)
-    bad = env.root / "bad"
-    bad.mkdir()
-    (bad / "FAIL").write_text("nope")
-    env.config("bad.toml", dataset="bad", steps=2)
+    env.failing_config(error="nope", steps=2)
     ok, failing = env.submit("job.toml"), env.submit("bad.toml")
     waiter = subprocess.Popen([sys.executable, "-m", "ltxq", "wait", str(ok), "--poll", "0.1"],
                               cwd=env.root, env=env.env, stdout=subprocess.PIPE, text=True)

@@ -120,10 +120,7 @@ def test_daemon_fails_a_hand_made_cycle_and_runs_on_finish_for_it(env):
 
 def test_on_finish_runs_for_a_dependency_failure(env):
     env.config(steps=2)
-    bad = env.root / "bad"
-    bad.mkdir()
-    (bad / "FAIL").write_text("nope")
-    env.config("bad.toml", dataset="bad", steps=2)
+    env.failing_config(error="nope", steps=2)
     parent = env.submit("bad.toml")
     child = env.submit("job.toml", "--after", str(parent))
     drain(env, "--on-finish", 'echo "$LTXQ_JOB_ID $LTXQ_JOB_STATE $LTXQ_ERROR" >> hooks.txt')
