@@ -4,9 +4,9 @@ Spools of 10, 1,000 and 10,000 jobs are filled by writing job files the way `sub
 (most jobs done with their logs, some failed/cancelled, a few pending and one running), then
 each command runs REPEAT times as a fresh process, alternating with `python -c pass` so both
 see the same machine. Prints medians and the ratio to the floor, and checks that none imports
-torch. `status` keeps derived caches in spool/tmp/ (ltxq.statcache): "cold cache" deletes them
+torch. `status` keeps derived caches in spool/tmp/ (ltxq.status.statcache): "cold cache" deletes them
 before each run, the figure for the first `status` after 10,000 files appeared at once; it
-parses the files in one worker process per CPU (ltxq.forkpool), so it depends on the CPU count.
+parses the files in one worker process per CPU (ltxq.status.forkpool), so it depends on the CPU count.
 
 Targets (issue 5): status at 10,000 jobs within 10x the floor, `status --json --state all`
 under 2 s, submit within 8x.
@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ltxq.forkpool import cpus
+from ltxq.status.forkpool import cpus
 from ltxq.job import dump_job, job_from_dict, now
 from ltxq.spool import Spool, State, file_name
 

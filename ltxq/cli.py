@@ -168,7 +168,7 @@ def _view(spool: Spool, ids: list[int], state: str | None, name: str | None,
     """Return the StatusView of `status`: these IDS, or the jobs in STATE matching NAME."""
     from fnmatch import fnmatchcase
 
-    from ltxq.records import StatusReader, StatusView
+    from ltxq.status import StatusReader, StatusView
 
     reader = StatusReader(spool)
     if ids:
@@ -195,7 +195,7 @@ def _records(spool: Spool, ids: list[int], state: str | None,
 def status(spool: Spool, ids: tuple[int, ...], state: str | None, name: str | None,
            as_json: bool, watch: float | None) -> None:
     """Show jobs (all states by default; old finished jobs folded into one line)."""
-    from ltxq.render import status_table
+    from ltxq.status.render import status_table
 
     def render() -> str:
         if as_json:
@@ -468,7 +468,7 @@ def daemon(spool: Spool, once: bool, exit_when_idle: bool, poll: float, device: 
 @click.pass_obj
 def workers(spool: Spool, as_json: bool) -> None:
     """List live daemons on this spool with their device, job and step."""
-    from ltxq.render import workers_table
+    from ltxq.status.render import workers_table
     from ltxq.workers import live_workers
 
     found = live_workers(spool)

@@ -15,9 +15,10 @@ import pytest
 from conftest import write_config
 from ltxq import Spool
 from ltxq.progress import progress_message
-from ltxq.records import RECENT_FINISHED, StatusReader, invalid_record, job_record
+from ltxq.status.reader import StatusReader
+from ltxq.status.records import RECENT_FINISHED, invalid_record, job_record
 from ltxq.spool import State
-from ltxq.statcache import MISSING, StatCache
+from ltxq.status.statcache import MISSING, StatCache
 
 
 @pytest.fixture
@@ -200,20 +201,20 @@ def test_invalid_files_still_show_with_their_error(spool):
 _POOLED_STATUS = """
 import json, sys
 from pathlib import Path
-import ltxq.forkpool, ltxq.records
-from ltxq.records import StatusReader
+import ltxq.status.forkpool, ltxq.status.reader
+from ltxq.status.reader import StatusReader
 from ltxq.spool import Spool
 
-ltxq.forkpool.cpus = lambda: 2  # fork even on a one-core machine
+ltxq.status.forkpool.cpus = lambda: 2  # fork even on a one-core machine
 pooled, parsed = [], []
 
 def spy_fork_map(fn, items, workers=None):
-    results = ltxq.forkpool.fork_map(fn, items, workers)
+    results = ltxq.status.forkpool.fork_map(fn, items, workers)
     assert results is not None, "fork_map declined to fork"
     pooled.append(len(results))
     return results
 
-ltxq.records.fork_map = spy_fork_map
+ltxq.status.reader.fork_map = spy_fork_map
 spool = Spool(Path(sys.argv[1]), settle_seconds=0)
 parse = spool.parse_file
 spool.parse_file = lambda data, path, state: parsed.append(str(path)) or parse(data, path, state)

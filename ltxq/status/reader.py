@@ -1,14 +1,15 @@
-"""Status records (what `status --json` prints), read cheaply from a spool of any size.
+"""Read status records cheaply from a spool of any size.
 
-A record joins what the job file says (its facts) with the newest progress line of its log.
-The spool stays the only source of truth; two things keep a 10,000-job `status` fast:
-- facts and log progress are cached per folder in tmp/ (ltxq.statcache), each under its file's
-  stat key, so a job file is parsed and validated once, not on every run;
-- the default table reads only the jobs it shows (pending, running, the newest finished ones)
-  and counts the rest from the folder listings.
+The spool stays the only source of truth; three things keep a 10,000-job `status` fast:
+- facts and log progress are cached per folder in tmp/ (ltxq.status.statcache), each under its
+  file's stat key, so a job file is parsed and validated once, not on every run;
+- the default table reads only the jobs it shows (running, the newest finished ones, the next
+  pending ones to run) and counts the rest from the folder listings;
+- the run order of a long pending/ comes from a cache of priorities alone (a few bytes a job),
+  so choosing the next pending jobs costs one stat per file, not a parse.
 When many files are not in the cache (the first `status` after thousands of files appeared),
-they are parsed and validated in forked worker processes (ltxq.forkpool), each exactly as it
-would be here: the results are the same, including every invalid file with its error.
+they are parsed and validated in forked worker processes (ltxq.status.forkpool), each exactly as
+it would be here: the results are the same, including every invalid file with its error.
 """
 
 from __future__ import annotations
@@ -16,114 +17,41 @@ from __future__ import annotations
 import dataclasses
 import operator
 import os
+import tomllib
 from collections.abc import Callable, Iterable
-from datetime import datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
 from ltxq.errors import ConfigError, NotRegularFile
-from ltxq.forkpool import fork_map
 from ltxq.fsutil import read_regular
-from ltxq.job import Job, JobMeta
+from ltxq.job import JobMeta
 from ltxq.progress import Progress, last_progress
-from ltxq.spool import FINISHED, Entry, Invalid, Spool, State, file_name, stem
-from ltxq.statcache import MISSING, StatCache, stat_key
+from ltxq.spool import FINISHED, Spool, State, file_name, stem
+from ltxq.status.forkpool import fork_map
+from ltxq.status.records import (
+    NEXT_PENDING,
+    RECENT_FINISHED,
+    StatusView,
+    build_record,
+    dropped_record,
+    fold_records,
+    invalid_record,
+    job_facts,
+    job_record,
+    needs_progress,
+    run_order,
+)
+from ltxq.status.statcache import MISSING, StatCache, stat_key
 
-RECENT_FINISHED = 10  # finished jobs the default table shows before folding the rest
 # Uncached job files from which a refresh parses them in worker processes: below it, forking
 # costs more than it saves (about 0.15 ms of parsing per file against ~20 ms per worker).
 POOL_MIN_FILES = 200
 
 # What the cached facts mean: bump when job_facts changes; a new [job] field changes it itself.
 _FACTS_VERSION = "1:" + ",".join(f.name for f in dataclasses.fields(JobMeta))
+_ORDER_VERSION = "order 1"  # the priorities cache: [job].priority, None if unreadable
 _progress_values = operator.attrgetter(*(f.name for f in dataclasses.fields(Progress)))
-
-
-def _iso(t: datetime | None) -> str | None:
-    return t.isoformat() if t else None
-
-
-def job_facts(job: Job) -> dict[str, Any]:
-    """Return what a record takes from the job file, as JSON data (what the cache keeps)."""
-    meta, config = job.meta, job.config
-    return {
-        "id": job.id, "name": meta.name, "dataset": config.data.dataset,
-        "model": config.model.source, "priority": meta.priority, "attempts": meta.attempts,
-        "max_attempts": meta.max_attempts, "after": list(meta.after),
-        "submitted_at": _iso(meta.submitted_at), "started_at": _iso(meta.started_at),
-        "finished_at": _iso(meta.finished_at), "worker": meta.worker, "device": meta.device,
-        "slurm_job_id": meta.slurm_job_id, "step": meta.step,
-        "total_steps": config.optimization.steps, "output_dir": str(job.output_dir()),
-        "checkpoint": meta.checkpoint, "validation_sample": meta.validation_sample,
-        "error": meta.error,
-    }
-
-
-def needs_progress(state: State, facts: dict[str, Any]) -> bool:
-    """Return True if the job's log can hold progress (it has run, or runs now)."""
-    return state is State.RUNNING or facts["started_at"] is not None
-
-
-def build_record(state: State, path: Path, facts: dict[str, Any],
-                 progress: Progress | None) -> dict[str, Any]:
-    """Return the status record of one job (the `status --json` object)."""
-    running = state is State.RUNNING
-    if running and progress:
-        step = progress.step
-    else:
-        step = facts["step"] if facts["step"] is not None else (
-            progress.step if progress else None)
-    return {
-        "id": facts["id"],
-        "state": str(state),
-        "name": facts["name"],
-        "dataset": facts["dataset"],
-        "model": facts["model"],
-        "priority": facts["priority"],
-        "attempts": facts["attempts"],
-        "max_attempts": facts["max_attempts"],
-        "after": list(facts["after"]),
-        "submitted_at": facts["submitted_at"],
-        "started_at": facts["started_at"],
-        "finished_at": facts["finished_at"],
-        "worker": facts["worker"],
-        "device": facts["device"],
-        "slurm_job_id": facts["slurm_job_id"],
-        "step": step,
-        "total_steps": facts["total_steps"],
-        "loss": progress.loss if progress else None,
-        "learning_rate": progress.lr if progress else None,
-        "seconds_per_step": progress.seconds_per_step if progress and running else None,
-        "eta_seconds": progress.eta_seconds if progress and running else None,
-        "output_dir": facts["output_dir"],
-        "checkpoint": facts["checkpoint"],
-        "validation_sample": facts["validation_sample"],
-        "error": facts["error"],
-        "file": str(path),
-    }
-
-
-def job_record(spool: Spool, entry: Entry) -> dict[str, Any]:
-    """Return the status record of a job already read (no cache)."""
-    facts = job_facts(entry.job)
-    progress = (last_progress(spool.log_path(entry.id))
-                if needs_progress(entry.state, facts) else None)
-    return build_record(entry.state, entry.path, facts, progress)
-
-
-def invalid_record(item: Invalid) -> dict[str, Any]:
-    """Return the status record of a file that is not a valid job."""
-    return {"id": None, "state": "invalid", "name": item.path.name, "file": str(item.path),
-            "origin": item.origin, "error": item.error}
-
-
-@dataclasses.dataclass
-class StatusView:
-    """What `status` shows: records (jobs by id, then invalid files) and folded counts."""
-
-    records: list[dict[str, Any]]
-    folded: dict[str, int]
 
 
 class StatusReader:
@@ -138,20 +66,21 @@ class StatusReader:
         self.spool = spool
         self.use_cache = use_cache
         self.pool_min = pool_min
-        self._caches: dict[State, StatCache] = {}
+        self._caches: dict[State | str, StatCache] = {}
         self._logs = spool.dir("logs")
         self._uncached: frozenset[State] = frozenset()
         self._ahead: dict[Path, tuple[Any, ...]] = {}  # what _read_ahead's workers found
         self._ahead_logs: dict[int, tuple[list[int] | None, list[Any]]] = {}  # by job id
 
-    def _cache(self, state: State) -> StatCache | None:
+    def _cache(self, state: State | str) -> StatCache | None:
         if not self.use_cache or state in self._uncached:
             return None
         cache = self._caches.get(state)
         if cache is None:
             tmp = self.spool.dir("tmp")
+            version = _ORDER_VERSION if state == "order" else _FACTS_VERSION
             cache = StatCache(tmp / f"status-{state}.cache.json", tmp,
-                              f"{_FACTS_VERSION}:{self.spool.path}")
+                              f"{version}:{self.spool.path}")
             self._caches[state] = cache
         return cache
 
@@ -161,13 +90,7 @@ class StatusReader:
         ahead = self._ahead.pop(path, None)
         if ahead is None:
             if cache is not None:
-                try:
-                    st = os.stat(path)
-                except FileNotFoundError:
-                    if os.path.islink(path):
-                        raise NotRegularFile("broken symbolic link", file=path) from None
-                    raise
-                hit = cache.get(path.name, st)
+                hit = cache.get(path.name, _stat(path))
                 if hit is not MISSING:
                     return hit
             key, facts = self._parse(path, state)
@@ -269,19 +192,72 @@ class StatusReader:
         progress = last_progress(path)
         return stat_key(st), list(_progress_values(progress)) if progress else []
 
+    def next_pending(self, count: int = NEXT_PENDING) -> set[int] | None:
+        """Return the ids of the COUNT pending jobs that run first, or None if all are shown.
+
+        Their order needs every pending job's priority: it comes from the priorities cache,
+        keyed on each file's stat like the facts; a miss reads the file for [job].priority
+        alone (a file that does not give one sorts first, so the table reads and shows it).
+        """
+        ids = self.spool.ids(State.PENDING)
+        if len(ids) <= count:
+            return None
+        cache, folder = self._cache("order"), self.spool.dir(State.PENDING)
+        order: list[tuple[tuple[float, int], int]] = []
+        misses: list[int] = []
+        for job_id in ids:
+            hit = MISSING
+            if cache is not None:
+                try:
+                    hit = cache.get(file_name(job_id), _stat(folder / file_name(job_id)))
+                except FileNotFoundError:
+                    continue  # it moved on while we looked
+                except NotRegularFile:
+                    pass  # a miss: `_priority_of` gives it no priority, so it is shown
+            if hit is MISSING:
+                misses.append(job_id)
+            else:
+                order.append((run_order(hit, job_id), job_id))
+        for job_id, read in zip(misses, self._priorities(folder, misses)):
+            if read is None:
+                continue  # it moved on
+            key, priority = read
+            if cache is not None and key is not None:
+                cache.put_keyed(file_name(job_id), key, priority)
+            order.append((run_order(priority, job_id), job_id))
+        order.sort()
+        return {job_id for _, job_id in order[:count]}
+
+    def _priorities(self, folder: Path, ids: list[int],
+                    ) -> list[tuple[list[int] | None, int | None] | None]:
+        """Return `_priority_of` each pending file IDS, in worker processes if many."""
+        paths = [folder / file_name(i) for i in ids]
+        results = None
+        if self.pool_min is not None and len(paths) >= max(self.pool_min, 1):
+            results = fork_map(_priority_of, paths)
+        if results is None:
+            results = [_priority_of(p) for p in paths]
+        return results
+
     def view(self, state: str | None = None, *, name: str | None = None,
              fold: bool = False) -> StatusView:
         """Read the records of STATE (None or "all": every state), filtered by NAME (a glob).
 
-        With FOLD, finished jobs other than the RECENT_FINISHED newest are not read, only
-        counted from the folder listings (the default table).
+        With FOLD_LONG (the default table), only the RECENT_FINISHED newest finished jobs and
+        the NEXT_PENDING next pending ones are read; the others are counted from the folder
+        listings.
         """
-        select = None
+        select: Callable[[State, int], bool] | None = None
         if fold and not name:
             recent = set(self.spool.ids(FINISHED)[-RECENT_FINISHED:])
-            select = lambda st, job_id: st not in FINISHED or job_id in recent  # noqa: E731
+            nxt = self.next_pending()
             # Reading those few files beats loading a cache of thousands.
-            self._uncached = FINISHED
+            self._uncached = FINISHED if nxt is None else FINISHED | {State.PENDING}
+
+            def select(st: State, job_id: int) -> bool:
+                if st in FINISHED:
+                    return job_id in recent
+                return st is not State.PENDING or nxt is None or job_id in nxt
         states = list(State) if state in (None, "all") else [State(state)]
         for st in states:
             self._cache(st)  # so that a folder emptied since the last run saves an empty cache
@@ -297,9 +273,11 @@ class StatusReader:
         self._ahead_logs = {}
         folded = {str(st): n for st, n in scanned.skipped.items()}
         if fold and name:  # the whole spool was read to match names: fold as the table did
-            records, folded = _fold(records)
+            folded_view = fold_records(records)
+            records, folded = folded_view.records, folded_view.folded
         if not name and state in (None, "all"):
             records.extend(invalid_record(p) for p in scanned.problems)
+            records.extend(dropped_record(d) for d in self.spool.dropped())
         for cache in self._caches.values():
             cache.save()
         return StatusView(records, folded)
@@ -309,12 +287,35 @@ class StatusReader:
         return [job_record(self.spool, self.spool.get(i)) for i in ids]
 
 
-def _fold(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Keep the RECENT_FINISHED newest finished records; count the others by state."""
-    finished = [r["id"] for r in records if r["state"] in {str(s) for s in FINISHED}]
-    old = set(finished[:-RECENT_FINISHED]) if len(finished) > RECENT_FINISHED else set()
-    folded: dict[str, int] = {}
-    for r in records:
-        if r["id"] in old:
-            folded[r["state"]] = folded.get(r["state"], 0) + 1
-    return [r for r in records if r["id"] not in old], folded
+def _stat(path: Path) -> os.stat_result:
+    """Return PATH's stat; NotRegularFile for a broken symbolic link (it is no job)."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise NotRegularFile("broken symbolic link", file=path) from None
+        raise
+
+
+def _priority_of(path: Path) -> tuple[list[int] | None, int | None] | None:
+    """Return PATH's stat key and its [job].priority (None if it has no integer one), or None
+    if PATH is gone.
+
+    Only for ordering: the files shown are read and fully validated afterwards. A file that
+    cannot be read has no key (never cached) and no priority (so it is shown, with its error).
+    """
+    try:
+        st, data = read_regular(path)
+    except FileNotFoundError:
+        return None
+    except Exception:  # noqa: BLE001 - not a regular file, unreadable: the full read decides
+        return None, None
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return stat_key(st), None
+    job = doc.get("job")
+    priority = job.get("priority", 0) if isinstance(job, dict) else None
+    if type(priority) is not int:
+        priority = None
+    return stat_key(st), priority

@@ -1,4 +1,4 @@
-"""Tables from status records (ltxq.records makes them; `--json` prints them as they are)."""
+"""Tables from status records (ltxq.status.reader reads them; `--json` prints them as they are)."""
 
 from __future__ import annotations
 
@@ -52,10 +52,12 @@ def status_table(records: list[dict[str, Any]], *, paused: bool = False,
                  folded: dict[str, int] | None = None) -> str:
     """Render status records as a table that fits 80 columns.
 
-    FOLDED counts, by state, the older finished jobs not shown (ltxq.records folds them).
+    FOLDED counts, by state, the jobs not shown (older finished ones, pending ones that run
+    later: ltxq.status.records folds them). Invalid and dropped files follow the table.
     """
-    jobs = [r for r in records if r["state"] != "invalid"]
+    jobs = [r for r in records if r["state"] not in _FILES]
     invalid = [r for r in records if r["state"] == "invalid"]
+    dropped = [r for r in records if r["state"] == "dropped"]
     hidden = {s: n for s, n in (folded or {}).items() if n}
     lines = []
     if paused:
@@ -64,21 +66,38 @@ def status_table(records: list[dict[str, Any]], *, paused: bool = False,
         lines.append(_HEAD)
         for r in jobs:
             lines.extend(_row(r))
-    elif not invalid and not hidden:
+    elif not invalid and not dropped and not hidden:
         lines.append("no jobs")
-    if hidden:
-        parts = ", ".join(f"{n} {s}" for s, n in sorted(hidden.items()))
-        lines.append(f"  ... and {sum(hidden.values())} older finished jobs ({parts}); "
-                     "--state all lists them")
+    lines.extend(_folded_lines(hidden))
     counts = dict(hidden)
     for r in records:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     if jobs or hidden:
-        order = [str(s) for s in State] + ["invalid"]
+        order = [str(s) for s in State] + list(_FILES)
         lines.append(", ".join(f"{counts[s]} {s}" for s in order if s in counts))
     for r in invalid:
         lines.append(_cut(f"invalid {r['file']} (from {r['origin']}): {r['error']}", 2 * WIDTH))
+    if dropped:
+        lines.append("Not adopted yet:")
+        lines.extend(_cut(f"  {r['file']}: {r['reason']}", 2 * WIDTH) for r in dropped)
     return "\n".join(lines)
+
+
+_FILES = ("invalid", "dropped")  # records of files that are no jobs (yet)
+
+
+def _folded_lines(hidden: dict[str, int]) -> list[str]:
+    """Return the summary lines of the jobs the table does not show."""
+    lines = []
+    pending = hidden.get("pending", 0)
+    if pending:
+        lines.append(f"  ... and {pending:,} more pending (--all shows every job)")
+    finished = {s: n for s, n in hidden.items() if s != "pending"}
+    if finished:
+        parts = ", ".join(f"{n:,} {s}" for s, n in sorted(finished.items()))
+        lines.append(f"  ... and {sum(finished.values()):,} older finished jobs ({parts}); "
+                     "--all lists them")
+    return lines
 
 
 def workers_table(workers: list[dict[str, Any]]) -> str:
