@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import math
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -25,6 +26,18 @@ TINY_RANDOM = "tiny-random"
 DEFAULT_NEGATIVE_PROMPT = "worst quality, inconsistent motion, blurry, jittery, distorted"
 TARGET_MODULES = ("to_k", "to_q", "to_v", "to_out.0")
 _RESOLUTION = re.compile(r"\s*(\d+)\s*x\s*(\d+)\s*x\s*(\d+)\s*")
+
+
+# Values in error messages: bounded, so a hostile value (a megabyte string, a list nested
+# thousands deep) still makes one short line, and never a RecursionError.
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 3, 6, 4
+
+
+def _show(value: Any) -> str:
+    """Return a short repr of VALUE for an error message."""
+    return _REPR.repr(value)
 
 
 def _doc(text: str, default: Any = dataclasses.MISSING, **check: Any) -> Any:
@@ -51,7 +64,8 @@ class Resolution:
         """Parse "768x448x89"; sides multiples of 32, frames 8k+1 (1 for images)."""
         m = _RESOLUTION.fullmatch(text)
         if not m:
-            raise ValueError(f"expected WIDTHxHEIGHTxFRAMES such as 768x448x89, got {text!r}")
+            raise ValueError(f"expected WIDTHxHEIGHTxFRAMES such as 768x448x89, "
+                             f"got {_show(text)}")
         w, h, f = (int(g) for g in m.groups())
         if w <= 0 or h <= 0 or w % 32 or h % 32:
             raise ValueError(f"width and height must be positive multiples of 32, got {w}x{h}")
@@ -294,10 +308,6 @@ def _parse_section(cls: type, table: dict[str, Any], section: str) -> Any:
     return cls(**values)
 
 
-def _check_value(value: Any, hint: Any, meta: Mapping[str, Any], key: str) -> Any:
-    return _checker(hint, meta)(value, key)
-
-
 _UNSET: Any = object()  # a range rule a field does not have
 
 
@@ -322,11 +332,12 @@ def _value_checker(hint: Any, choices: Any, low: Any, high: Any) -> _Check:
             return value
         for item in value if isinstance(value, list) else [value]:
             if choices is not _UNSET and item not in choices:
-                raise ConfigError(f"must be one of {', '.join(choices)}, got {item!r}", key=key)
+                raise ConfigError(f"must be one of {', '.join(choices)}, got {_show(item)}",
+                                  key=key)
             if low is not _UNSET and item < low:
-                raise ConfigError(f"must be >= {low}, got {item!r}", key=key)
+                raise ConfigError(f"must be >= {low}, got {_show(item)}", key=key)
             if high is not _UNSET and item > high:
-                raise ConfigError(f"must be <= {high}, got {item!r}", key=key)
+                raise ConfigError(f"must be <= {high}, got {_show(item)}", key=key)
         return value
     return check
 
@@ -346,7 +357,7 @@ def _type_checker(hint: Any) -> _Check:
 
         def check_list(value: Any, key: str) -> Any:
             if not isinstance(value, list):
-                raise ConfigError(f"must be a list of {item_name}, got {value!r}", key=key)
+                raise ConfigError(f"must be a list of {item_name}, got {_show(value)}", key=key)
             return [check_item(v, key) for v in value]
         return check_list
     scalar = _SCALAR_CHECKS.get(hint)
@@ -360,27 +371,27 @@ def _type_checker(hint: Any) -> _Check:
 
 def _check_float(value: Any, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"must be a number, got {value!r}", key=key)
+        raise ConfigError(f"must be a number, got {_show(value)}", key=key)
     if not math.isfinite(value):  # nan slips through every range check: refuse it here
-        raise ConfigError(f"must be a finite number, got {value!r}", key=key)
+        raise ConfigError(f"must be a finite number, got {_show(value)}", key=key)
     return float(value)
 
 
 def _check_int(value: Any, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"must be an integer, got {value!r}", key=key)
+        raise ConfigError(f"must be an integer, got {_show(value)}", key=key)
     return value
 
 
 def _check_bool(value: Any, key: str) -> bool:
     if not isinstance(value, bool):
-        raise ConfigError(f"must be true or false, got {value!r}", key=key)
+        raise ConfigError(f"must be true or false, got {_show(value)}", key=key)
     return value
 
 
 def _check_str(value: Any, key: str) -> str:
     if not isinstance(value, str):
-        raise ConfigError(f"must be a string, got {value!r}", key=key)
+        raise ConfigError(f"must be a string, got {_show(value)}", key=key)
     return value
 
 

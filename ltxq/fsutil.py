@@ -69,11 +69,15 @@ def not_regular(mode: int) -> str | None:
     return next((kind for test, kind in _KINDS if test(mode)), "special file")
 
 
-def read_regular(path: Path) -> tuple[os.stat_result, bytes]:
+MAX_JOB_FILE_BYTES = 1 << 20  # a job file is a few hundred bytes; 1 MiB is generous
+
+
+def read_regular(path: Path, limit: int = MAX_JOB_FILE_BYTES) -> tuple[os.stat_result, bytes]:
     """Return the stat and bytes of regular file PATH (a link to one is followed).
 
     Never blocks on a named pipe: NotRegularFile for a directory, pipe, socket, device or broken
-    link; FileNotFoundError if nothing is there.
+    link, and for a file larger than LIMIT bytes (never read whole); FileNotFoundError if
+    nothing is there.
     """
     from ltxq.errors import NotRegularFile
 
@@ -90,14 +94,37 @@ def read_regular(path: Path) -> tuple[os.stat_result, bytes]:
     try:
         st = os.fstat(fd)
         kind = not_regular(st.st_mode)
+        if kind is None and st.st_size > limit:
+            kind = _too_large(st.st_size, limit)
         if kind is not None:
             raise NotRegularFile(kind, file=path)
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return st, b"".join(chunks)
+        data = _read_at_most(fd, limit + 1)
+        if len(data) > limit:  # it grew after the fstat
+            raise NotRegularFile(_too_large(len(data), limit, grew=True), file=path)
+        return st, data
     finally:
         os.close(fd)
+
+
+def _read_at_most(fd: int, size: int) -> bytes:
+    """Read from FD until end of file or SIZE bytes."""
+    chunks, left = [], size
+    while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: int, limit: int, grew: bool = False) -> str:
+    at_least = "at least " if grew else ""
+    return f"too large: {at_least}{size} bytes (the limit is {_human(limit)})"
+
+
+def _human(size: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale} {unit}"
+    return f"{size} bytes"
 
 
 def move(src: Path, dest: Path) -> None:

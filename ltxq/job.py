@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -18,11 +19,15 @@ from typing import Any
 
 import tomli_w
 
-from ltxq.config import TrainingConfig, _checker, parse_config
+from ltxq.config import TrainingConfig, _checker, _show, parse_config
 from ltxq.errors import ConfigError
 
 # [job] keys a user may set in a submitted file; the rest are ltxq's bookkeeping.
 USER_JOB_KEYS = ("name", "priority", "max_attempts", "after", "on_finish")
+MAX_NAME_LENGTH = 200
+# A job file needs three levels (section, key, list); anything far deeper is hostile, and
+# tomllib recurses per bracket and is quadratic in the parts of one dotted key.
+MAX_TOML_NESTING = 32
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class JobMeta:
     validation_sample: str | None = None
     step: int | None = None
     slurm_job_id: str | None = None
+    key: str | None = None        # unique per job (uuid4 hex); its output folder records it
 
 
 _META_RULES: dict[str, dict[str, Any]] = {
@@ -80,7 +86,10 @@ class Job:
         return dataclasses.replace(self, raw=raw, config=parse_config(raw, base_dir=base_dir))
 
     def fingerprint(self) -> str:
-        """Hash of the training config (defaults filled), for duplicate detection."""
+        """Hash of the training config (defaults filled), for duplicate detection.
+
+        Only the config: [job] (name, priority, key...) never makes two jobs different.
+        """
         text = json.dumps(dataclasses.asdict(self.config), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -94,16 +103,63 @@ class Job:
 def parse_job(text: str | bytes, *, file: Path | str | None = None,
               base_dir: Path | None = None, require_dataset_exists: bool = False) -> Job:
     """Parse and validate a job file's text; relative paths resolve against BASE_DIR."""
+    return job_from_dict(load_toml(text, file=file), file=file, base_dir=base_dir,
+                         require_dataset_exists=require_dataset_exists)
+
+
+def load_toml(data: bytes | str, *, file: Path | str | None = None) -> dict[str, Any]:
+    """Parse TOML DATA (UTF-8 bytes or text); ConfigError naming FILE if it is not UTF-8, not
+    TOML, or nested more than MAX_TOML_NESTING deep."""
     try:
-        if isinstance(text, bytes):
-            text = text.decode("utf-8")
-        doc = tomllib.loads(text)
-    except UnicodeDecodeError:
-        raise ConfigError("not UTF-8 text", file=file) from None
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"not UTF-8 text (byte {e.start})", file=file) from None
+    deep = _too_deep(text)
+    if deep:
+        raise ConfigError(f"invalid TOML: {deep} nested more than {MAX_TOML_NESTING} deep",
+                          file=file)
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"invalid TOML: {e}", file=file) from None
-    return job_from_dict(doc, file=file, base_dir=base_dir,
-                         require_dataset_exists=require_dataset_exists)
+    except RecursionError:  # a backstop: _too_deep already bounds what tomllib recurses on
+        raise ConfigError("invalid TOML: nested too deep", file=file) from None
+
+
+# One part of a dotted key: bare, "basic" or 'literal'.
+_KEY_PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"|'[^'\n]*')"""
+_KEY_PARTS = re.compile(_KEY_PART)
+# What nests in TOML text: brackets and dotted keys. Strings and comments are matched whole,
+# so the brackets and dots inside them are skipped.
+_NESTING = re.compile(r'''
+      """(?:[^"\\]|\\[\s\S]|"(?!""))*""""{0,2}     # multi-line basic string
+    | '\''[\s\S]*?'\'''{0,2}                     # multi-line literal string
+    | (?P<chain>{part}(?:[ \t]*\.[ \t]*{part})+)  # a dotted key (or a float: one dot)
+    | "(?:[^"\\\n]|\\.)*"                         # basic string
+    | '[^'\n]*'                                   # literal string
+    | \#[^\n]*                                    # comment
+    | (?P<open>[\[{{])
+    | (?P<close>[\]}}])
+'''.replace("{part}", _KEY_PART).replace("{{", "{").replace("}}", "}"), re.VERBOSE)
+
+
+def _too_deep(text: str) -> str | None:
+    """Say what nests deeper than MAX_TOML_NESTING in TEXT ("brackets", "a dotted key")."""
+    limit = MAX_TOML_NESTING
+    # Every ordinary job file takes this path: too few brackets and dots to nest that deep.
+    if text.count("[") + text.count("{") <= limit and text.count(".") < limit:
+        return None
+    depth = 0
+    for m in _NESTING.finditer(text):
+        if m["open"]:
+            depth += 1
+            if depth > limit:
+                return "brackets"
+        elif m["close"]:
+            depth = max(depth - 1, 0)
+        elif m["chain"] and len(_KEY_PARTS.findall(m["chain"])) > limit:
+            return "a dotted key"
+    return None
 
 
 def job_from_dict(doc: dict[str, Any], *, file: Path | str | None = None,
@@ -132,7 +188,7 @@ def parse_meta(table: Any) -> JobMeta:
                               key=f"job.{key}")
         if check is None:  # a date-time
             if not isinstance(value, datetime):
-                raise ConfigError(f"must be a date-time, got {value!r}", key=f"job.{key}")
+                raise ConfigError(f"must be a date-time, got {_show(value)}", key=f"job.{key}")
             values[key] = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
             continue
         values[key] = check(value, f"job.{key}")
@@ -145,7 +201,7 @@ _META_TYPES: dict[str, Any] = {
     "started_at": datetime, "finished_at": datetime, "worker": str | None,
     "device": str | None, "error": str | None, "output_dir": str | None,
     "checkpoint": str | None, "validation_sample": str | None, "step": int | None,
-    "slurm_job_id": str | None,
+    "slurm_job_id": str | None, "key": str | None,
 }
 assert set(_META_TYPES) == {f.name for f in dataclasses.fields(JobMeta)}
 # Each [job] key's check, built once (status validates thousands of files); None: a date-time.
@@ -153,6 +209,35 @@ _META_CHECKS: dict[str, Any] = {
     key: None if hint is datetime else _checker(hint, _META_RULES.get(key, {}))
     for key, hint in _META_TYPES.items()}
 _UNKNOWN: Any = object()
+_JOB_KEY = re.compile(r"[0-9a-f]{8,64}")
+
+
+def _check_job_key(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not _JOB_KEY.fullmatch(value):
+        raise ConfigError(f"must be 8 to 64 lowercase hex digits (ltxq sets it), got "
+                          f"{_show(value)}", key=key)
+    return value
+
+
+_META_CHECKS["key"] = _check_job_key
+# Bidirectional embeddings, overrides and isolates: they reorder how a name is displayed.
+_BIDI_CONTROLS = frozenset(map(chr, [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]))
+
+
+def check_name(job: Job, file: Path | str | None = None) -> None:
+    """Refuse a job name that is too long or holds a line break, another control character or a
+    bidirectional control (it is one line in status, logs and hook environments)."""
+    name = job.meta.name
+    if len(name) > MAX_NAME_LENGTH:
+        raise ConfigError(f"must be at most {MAX_NAME_LENGTH} characters, got {len(name)}",
+                          key="job.name", file=file)
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in name):
+        raise ConfigError(f"must not contain line breaks or control characters, got "
+                          f"{name!r}", key="job.name", file=file)
+    bidi = sorted({f"U+{ord(c):04X}" for c in name if c in _BIDI_CONTROLS})
+    if bidi:
+        raise ConfigError(f"must not contain bidirectional control characters "
+                          f"({', '.join(bidi)})", key="job.name", file=file)
 
 
 def dump_job(job: Job) -> str:
