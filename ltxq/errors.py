@@ -58,3 +58,7 @@ class WrongState(LtxqError):
 
 class TrainingError(LtxqError):
     """Training cannot go on for a reason the user can act on (bad data, missing model)."""
+
+
+class NoSpool(LtxqError):
+    """The --spool folder is not a spool (only submit and daemon make one)."""

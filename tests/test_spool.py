@@ -18,7 +18,9 @@ from ltxq.spool import State
 @pytest.fixture
 def spool(tmp_path: Path) -> Spool:
     (tmp_path / "ds").mkdir()
-    return Spool(tmp_path / "spool", settle_seconds=0)
+    spool = Spool(tmp_path / "spool", settle_seconds=0)
+    spool.create()
+    return spool
 
 
 @pytest.fixture
@@ -34,7 +36,7 @@ def test_submit_writes_one_zero_padded_pending_file(spool, cfg, tmp_path):
     assert spool.submit(cfg) == 1
     assert spool.submit(cfg, name="second", **{"optimization.steps": 3}) == 2
     assert files(spool, "pending") == ["000001.toml", "000002.toml"]
-    assert files(spool, "tmp") == []
+    assert [f for f in files(spool, "tmp") if f.endswith(".tmp")] == []  # no staging left
     doc = tomllib.loads((spool.dir("pending") / "000002.toml").read_text())
     assert doc["job"]["id"] == 2 and doc["job"]["name"] == "second"
     assert doc["optimization"]["steps"] == 3
@@ -62,7 +64,7 @@ def test_invalid_submit_names_file_and_key_and_writes_nothing(spool, cfg, change
     assert str(cfg) in str(e.value) and key in str(e.value)
     for state in State:
         assert files(spool, state) == []
-    assert files(spool, "tmp") == []
+    assert [f for f in files(spool, "tmp") if f.endswith(".tmp")] == []  # no staging left
 
 
 def test_ids_are_never_reused_after_clear(spool, cfg):
@@ -75,7 +77,7 @@ def test_ids_are_never_reused_after_clear(spool, cfg):
 def test_claim_order_is_priority_then_id(spool, cfg):
     low, high, mid = spool.submit(cfg), spool.submit(cfg, priority=5), spool.submit(cfg)
     order = []
-    while (claim := spool.claim("w:1")) is not None:
+    while (claim := spool.claim("w:1").claim) is not None:
         order.append(claim.id)
         spool.finish(claim, State.DONE)
     assert order == [high, low, mid]
@@ -84,10 +86,10 @@ def test_claim_order_is_priority_then_id(spool, cfg):
 
 def test_a_held_lock_keeps_others_off(spool, cfg):
     a, b = spool.submit(cfg), spool.submit(cfg)
-    first = spool.claim("w:1")
-    second = spool.claim("w:2")
+    first = spool.claim("w:1").claim
+    second = spool.claim("w:2").claim
     assert (first.id, second.id) == (a, b)
-    assert spool.claim("w:3") is None
+    assert spool.claim("w:3").claim is None
     assert spool.recover() == []  # both owners alive
     assert spool.get(a).state is State.RUNNING
     assert spool.get(a).job.meta.worker == "w:1"
@@ -95,13 +97,13 @@ def test_a_held_lock_keeps_others_off(spool, cfg):
 
 def test_recovery_requeues_then_fails_after_max_attempts(spool, cfg):
     job_id = spool.submit(cfg, max_attempts=2)
-    claim = spool.claim("w:1")
+    claim = spool.claim("w:1").claim
     claim.lock.release()  # the daemon died
-    assert spool.recover() == [(job_id, State.PENDING)]
+    assert [(e.id, e.state) for e in spool.recover()] == [(job_id, State.PENDING)]
     assert spool.get(job_id).job.meta.attempts == 1
-    claim = spool.claim("w:2")
+    claim = spool.claim("w:2").claim
     claim.lock.release()
-    assert spool.recover() == [(job_id, State.FAILED)]
+    assert [(e.id, e.state) for e in spool.recover()] == [(job_id, State.FAILED)]
     entry = spool.get(job_id)
     assert entry.state is State.FAILED and entry.job.meta.attempts == 2
     assert "interrupted 2 times" in entry.job.meta.error
@@ -110,7 +112,7 @@ def test_recovery_requeues_then_fails_after_max_attempts(spool, cfg):
 
 def test_requeue_on_shutdown_counts_no_attempt(spool, cfg):
     job_id = spool.submit(cfg)
-    claim = spool.claim("w:1")
+    claim = spool.claim("w:1").claim
     spool.finish(claim, State.PENDING, step=3)
     entry = spool.get(job_id)
     assert entry.state is State.PENDING and entry.job.meta.attempts == 0
@@ -120,10 +122,10 @@ def test_requeue_on_shutdown_counts_no_attempt(spool, cfg):
 def test_cancel_pending_running_and_orphaned(spool, cfg):
     a, b, c = spool.submit(cfg), spool.submit(cfg), spool.submit(cfg)
     assert spool.cancel(c) is State.CANCELLED
-    claim_a = spool.claim("w:1")
+    claim_a = spool.claim("w:1").claim
     assert spool.cancel(a) is State.RUNNING  # its daemon stops it at the next step
     assert spool.cancel_requested(a)
-    claim_b = spool.claim("w:2")
+    claim_b = spool.claim("w:2").claim
     claim_b.lock.release()  # b's daemon died: cancelled at once
     assert spool.cancel(b) is State.CANCELLED
     spool.finish(claim_a, State.CANCELLED)
@@ -136,7 +138,7 @@ def test_cancel_pending_running_and_orphaned(spool, cfg):
 
 def test_resume_same_id_and_fresh(spool, cfg):
     job_id = spool.submit(cfg)
-    claim = spool.claim("w:1")
+    claim = spool.claim("w:1").claim
     spool.update(claim, checkpoint="/x/step_00002")
     spool.finish(claim, State.FAILED, error="boom")
     with pytest.raises(WrongState):
@@ -155,8 +157,8 @@ def test_clear_removes_spool_files_and_logs_only(spool, cfg, tmp_path):
     out = spool.get(a).job.output_dir()
     out.mkdir(parents=True)
     spool.log(a, "hello")
-    spool.finish(spool.claim("w"), State.DONE)
-    spool.finish(spool.claim("w"), State.FAILED, error="x")
+    spool.finish(spool.claim("w").claim, State.DONE)
+    spool.finish(spool.claim("w").claim, State.FAILED, error="x")
     assert spool.clear(older_than=timedelta(days=1)) == []
     assert spool.clear() == [a]
     assert not spool.log_path(a).exists() and out.is_dir()
@@ -177,6 +179,7 @@ def test_hand_dropped_file_is_adopted_relative_to_the_spool_parent(spool, tmp_pa
 def test_unsettled_drop_is_left_alone(tmp_path):
     (tmp_path / "ds").mkdir()
     spool = Spool(tmp_path / "spool", settle_seconds=3600)
+    spool.create()
     (spool.dir("pending") / "x.toml").write_text("[data\n")
     assert spool.jobs() == [] and files(spool, "pending") == ["x.toml"]
 
@@ -200,7 +203,7 @@ def test_broken_files_are_moved_aside_untouched(spool, cfg):
 
 def test_copy_of_a_finished_job_dropped_in_pending_becomes_a_new_job(spool, cfg):
     job_id = spool.submit(cfg)
-    spool.finish(spool.claim("w"), State.DONE, step=5)
+    spool.finish(spool.claim("w").claim, State.DONE, step=5)
     (spool.dir("pending") / "again.toml").write_bytes((spool.dir("done") / "000001.toml")
                                                        .read_bytes())
     (new,) = spool.jobs(State.PENDING)
@@ -210,9 +213,9 @@ def test_copy_of_a_finished_job_dropped_in_pending_becomes_a_new_job(spool, cfg)
 
 def test_failed_job_moved_back_by_hand_runs_again(spool, cfg):
     job_id = spool.submit(cfg)
-    spool.finish(spool.claim("w"), State.FAILED, error="x", checkpoint="/c")
+    spool.finish(spool.claim("w").claim, State.FAILED, error="x", checkpoint="/c")
     os.rename(spool.dir("failed") / "000001.toml", spool.dir("pending") / "000001.toml")
-    claim = spool.claim("w2")
+    claim = spool.claim("w2").claim
     assert claim.id == job_id and claim.job.meta.checkpoint == "/c"
     assert claim.job.meta.error is None
 
@@ -222,7 +225,7 @@ def test_unique_returns_the_existing_id(spool, cfg):
     assert spool.submit(cfg, unique=True) == a
     assert spool.submit(cfg, unique=True, name="other name, same config") == a
     assert spool.submit(cfg, unique=True, optimization__steps=2) != a
-    spool.finish(spool.claim("w"), State.DONE)
+    spool.finish(spool.claim("w").claim, State.DONE)
     b = spool.submit(cfg, unique=True)  # only pending/running ones count
     assert b not in (a,)
 
@@ -233,13 +236,13 @@ def test_dependencies_wait_then_fail_with_their_parent(spool, cfg):
     grandchild = spool.submit(cfg, after=[child])
     with pytest.raises(ConfigError, match="job.after"):
         spool.submit(cfg, after=[99])
-    claim = spool.claim("w")
+    claim = spool.claim("w").claim
     assert claim.id == parent
-    assert spool.claim("w") is None  # the child waits
+    assert spool.claim("w").claim is None  # the child waits
     spool.finish(claim, State.FAILED, error="x")
-    assert spool.claim("w") is None
+    assert spool.claim("w").claim is None
     assert spool.get(child).job.meta.error == f"dependency {parent} failed"
-    spool.claim("w")
+    spool.claim("w").claim
     assert spool.get(grandchild).state is State.FAILED
 
 
@@ -255,7 +258,7 @@ def test_priority_and_replace_pending(spool, cfg):
     with pytest.raises(WrongState):  # changed since we read it
         spool.replace_pending(job_id, original, text)
     current = spool.get(job_id).path.read_bytes()
-    claim = spool.claim("w")
+    claim = spool.claim("w").claim
     with pytest.raises(WrongState):
         spool.replace_pending(job_id, current, text)
     with pytest.raises(WrongState):
@@ -274,7 +277,7 @@ def test_scan_with_reads_only_selected_files_and_counts_the_others(spool, cfg):
     for _ in range(4):
         spool.submit(cfg)
     for _ in range(3):
-        claim = spool.claim("w")
+        claim = spool.claim("w").claim
         assert claim is not None
         spool.finish(claim, State.DONE)
     (spool.dir(State.FAILED) / "000009.toml").write_text("not a job, never read")

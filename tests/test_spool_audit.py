@@ -153,11 +153,11 @@ def test_an_unsettled_copy_is_neither_shown_nor_run_under_the_old_id(tmp_path):
     from conftest import write_config
     spool = Spool(tmp_path / "spool", settle_seconds=3600)
     one = spool.submit(write_config(tmp_path / "job.toml"))
-    claim = spool.claim("w")
+    claim = spool.claim("w").claim
     spool.finish(claim, spool_state("done"))
     shutil.copy(spool.dir("done") / "000001.toml", spool.dir("pending") / "000001.toml")
     assert [(e.id, str(e.state)) for e in spool.jobs()] == [(one, "done")]
-    assert spool.claim("w") is None
+    assert spool.claim("w").claim is None
     assert str(spool.get(1).state) == "done"
 
 

@@ -1,0 +1,438 @@
+"""Moving jobs between states: each public method is one row of `table.TABLE`, done under the
+job's lock with one rename (`_move_locked`, or a claim's held lock), and each returns what it
+finished so the daemon can run on_finish for every job that ends."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from ltxq import fsutil
+from ltxq.errors import ConfigError, WrongState
+from ltxq.fsutil import Lock
+from ltxq import job as jobfile
+from ltxq.job import Job, parse_job
+from ltxq.progress import last_progress
+from ltxq.spool.claimindex import ClaimIndex
+from ltxq.spool.deps import find_cycle, parents_block
+from ltxq.spool.intake import Intake
+from ltxq.spool.layout import State, job_id_of, states, stem
+from ltxq.spool.liveness import owner_alive, this_process
+from ltxq.spool.store import Entry
+from ltxq.spool.table import Ending, Op, ending_move, interruption, rule
+
+
+# A fruitless claim pass is repeated only when a folder changed, or after this long at most (a
+# file edited in place changes no folder).
+FULL_PASS_S = 30.0
+
+
+@dataclass
+class Claim:
+    """A running job and the lock that proves its owner is alive; released when it settles."""
+
+    entry: Entry
+    lock: Lock
+
+    @property
+    def id(self) -> int:
+        return self.entry.id
+
+    @property
+    def job(self) -> Job:
+        return self.entry.job
+
+
+@dataclass
+class Claimed:
+    """What a claim pass did: the job it claimed (or None) and the jobs it failed on the way
+    (dependency failures, cycles), which have finished."""
+
+    claim: Claim | None
+    finished: list[Entry] = field(default_factory=list)
+
+
+class Transitions(Intake):
+    """Every move of a job that is already in the spool."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._claim_index: ClaimIndex | None = None
+        self._idle: tuple[tuple[int, ...], float] | None = None  # a fruitless pass: when, over what
+
+    # --- the daemon's side -----------------------------------------------------------------
+
+    def claim(self, worker: str, device: str | None = None) -> Claimed:
+        """Claim the first runnable pending job (priority, then id) for WORKER.
+
+        Jobs waiting for [job].after parents are skipped; those whose parent failed, was
+        cancelled or is gone, and those caught in a dependency cycle, are moved to failed/ on
+        the way. A pass over a spool that has not changed since a fruitless pass reads nothing.
+        """
+        signature = self._signature()
+        if (signature is not None and self._idle is not None and self._idle[0] == signature
+                and time.monotonic() - self._idle[1] < FULL_PASS_S):
+            return Claimed(None)
+        self._idle = None
+        copies = self.before_scan()
+        folder = self.dir(State.PENDING)
+        names = [n for n in os.listdir(folder) if job_id_of(n) is not None and n not in copies]
+        self._claim_index = self._claim_index or ClaimIndex(self)
+        facts = self._claim_index.facts(names)
+        order = sorted(facts, key=lambda n: (-facts[n].priority, job_id_of(n)))
+        graph = {job_id_of(n): list(facts[n].after) for n in order}
+        known: dict[int, State | None] = {}
+
+        def state_of(job_id: int) -> State | None:
+            if job_id not in known:
+                known[job_id] = self.state_of(job_id)
+            return known[job_id]
+
+        result, busy = Claimed(None), False
+        for name in order:
+            job_id = job_id_of(name)
+            assert job_id is not None
+            if graph[job_id]:
+                cycle = find_cycle(job_id, graph.get)
+                why = ("dependency cycle: " + " -> ".join(map(str, cycle)) if cycle else
+                       parents_block(graph[job_id], state_of)[1])
+                if why is not None:
+                    self._fail_pending(job_id, why, result.finished)
+                    continue
+                if parents_block(graph[job_id], state_of)[0]:
+                    continue
+            claim = self._claim_one(job_id, worker, device)
+            if claim is not None:
+                result.claim = claim
+                return result
+            busy = True  # locked by someone, or judged bad: look again next time
+        if not busy and not result.finished and signature is not None:
+            self._idle = (signature, time.monotonic())
+        return result
+
+    def _signature(self) -> tuple[int, ...] | None:
+        """Return the mtimes of the folders a claim depends on, or None if one changed in the
+        last 2 s (a change within the clock's granularity could go unseen)."""
+        out = []
+        limit = time.time_ns() - 2_000_000_000
+        for name in (*State, "control"):
+            try:
+                mtime = os.stat(self.path / name).st_mtime_ns
+            except FileNotFoundError:
+                return None
+            if mtime > limit:
+                return None
+            out.append(mtime)
+        return tuple(out)
+
+    def _fail_pending(self, job_id: int, why: str, finished: list[Entry]) -> None:
+        """Move pending JOB_ID to failed/ with error WHY (unless it moved on meanwhile)."""
+        rule(Op.DEPENDENCY, State.PENDING, job_id)
+        moved = self._move_locked(job_id, State.PENDING, State.FAILED, error=why,
+                                  finished_at=self.clock())
+        if moved is not None:
+            self.log(job_id, why)
+            finished.append(moved)
+
+    def _claim_one(self, job_id: int, worker: str, device: str | None) -> Claim | None:
+        lock = self.lock(job_id)
+        if not lock.try_acquire():
+            return None  # another daemon is claiming it, or a user is changing it
+        try:
+            src = self.job_path(State.PENDING, job_id)
+            dest = self.job_path(State.RUNNING, job_id)
+            try:
+                job = self.read(src, State.PENDING)
+            except FileNotFoundError:
+                lock.release()
+                return None
+            except ConfigError as e:
+                lock.release()
+                self.bad_job_file(src, State.PENDING, job_id, e)  # adopted or set aside
+                return None
+            # A stale request from an earlier run must not stop this one; cancels from now on
+            # see the job in running/ and are honoured.
+            self.cancel_path(job_id).unlink(missing_ok=True)
+            fsutil.move(src, dest)
+            job = job.with_meta(started_at=self.clock(), worker=worker, device=device,
+                                worker_start=this_process(), error=None, finished_at=None,
+                                slurm_job_id=None)
+            self.write_job(dest, job)
+            return Claim(Entry(State.RUNNING, dest, job), lock)
+        except FileNotFoundError:
+            lock.release()
+            return None
+        except BaseException:
+            lock.release()
+            raise
+
+    def update(self, claim: Claim, **changes: Any) -> None:
+        """Rewrite the claimed running job's [job] fields (only its lock holder may)."""
+        job = claim.job.with_meta(**changes)
+        self.write_job(claim.entry.path, job)
+        claim.entry = dataclasses.replace(claim.entry, job=job)
+
+    def finish(self, claim: Claim, state: State, **changes: Any) -> Entry:
+        """Record CHANGES, move the claimed job to STATE, release its lock; return it there."""
+        try:
+            if state is State.PENDING:
+                changes.setdefault("worker", None)
+                changes.setdefault("worker_start", None)
+            elif state.finished:
+                changes.setdefault("finished_at", self.clock())
+            self.update(claim, **changes)
+            dest = self.job_path(state, claim.id)
+            fsutil.move(claim.entry.path, dest)
+            claim.entry = dataclasses.replace(claim.entry, state=state, path=dest)
+            self.cancel_path(claim.id).unlink(missing_ok=True)
+            return claim.entry
+        finally:
+            claim.lock.release()
+
+    def settle(self, claim: Claim, ending: Ending, *, why: str = "",
+               **changes: Any) -> Entry:
+        """Move a claimed job by how its run ended (table.ending_move decides where); log the
+        policy's line for a DIED run; return the job in its new state."""
+        rule(Op.SETTLE, claim.entry.state, claim.id)
+        move = ending_move(ending, claim.job.meta, cancel_requested=self.cancel_requested(
+            claim.id), why=why, now=self.clock())
+        if ending is Ending.DIED:
+            progress = last_progress(self.log_path(claim.id))
+            if progress is not None:
+                changes.setdefault("step", progress.step)
+            self.log(claim.id, move.message)
+        return self.finish(claim, move.state, **{**changes, **move.changes})
+
+    def cancel_requested(self, job_id: int) -> bool:
+        """Return True if someone asked to stop running job JOB_ID (one stat)."""
+        return os.path.exists(self.path / "control" / f"{stem(job_id)}.cancel")
+
+    def take_orphan(self, job_id: int) -> Claim | None:
+        """Take running job JOB_ID if its owner is dead (lock free and, on this host, its
+        process gone); None if it is alive or moved on. The caller then owns the claim."""
+        lock = self.lock(job_id)
+        if not lock.try_acquire():
+            return None  # alive
+        try:
+            path = self.job_path(State.RUNNING, job_id)
+            try:
+                job = self.read(path, State.RUNNING)
+            except (FileNotFoundError, ConfigError) as e:
+                lock.release()
+                if isinstance(e, ConfigError):
+                    self.bad_job_file(path, State.RUNNING, job_id, e)
+                return None
+            if owner_alive(job.meta.worker, job.meta.worker_start):
+                lock.release()  # its lock file was deleted, but its owner runs: hands off
+                return None
+            return Claim(Entry(State.RUNNING, path, job), lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    def adopt_running(self, job_id: int, worker: str) -> Claim | None:
+        """Become the owner of running job JOB_ID whose owner died (a Slurm job outliving its
+        daemon); None if its owner lives or it moved on."""
+        claim = self.take_orphan(job_id)
+        if claim is not None:
+            self.update(claim, worker=worker, worker_start=this_process())
+        return claim
+
+    def recover(self) -> list[Entry]:
+        """Requeue running jobs whose owner died (attempts + 1), or fail them after
+        max_attempts; return each job moved, in its new state. Jobs with a Slurm id are left to
+        a Slurm daemon, which knows whether their Slurm job still runs."""
+        moved = []
+        for name in sorted(os.listdir(self.dir(State.RUNNING))):
+            job_id = job_id_of(name)
+            if job_id is None:
+                continue
+            claim = self.take_orphan(job_id)
+            if claim is None:
+                continue
+            meta = claim.job.meta
+            if meta.slurm_job_id:
+                claim.lock.release()  # its Slurm job may live on: a Slurm daemon settles it
+                continue
+            progress = last_progress(self.log_path(job_id))
+            step = progress.step if progress else meta.step
+            move = interruption(meta, f"{meta.worker or 'its daemon'} is gone", self.clock())
+            self.log(job_id, move.message if move.state.finished else "recovered: " + move.message)
+            moved.append(self.finish(claim, move.state, step=step, **move.changes))
+        return moved
+
+    # --- the users' side -------------------------------------------------------------------
+
+    def cancel(self, job_id: int) -> State:
+        """Cancel a pending job at once, or ask a running one to stop; return its state now.
+
+        A running job is moved to cancelled/ by its owner at the next step (RUNNING is
+        returned); one whose owner died is cancelled at once, unless a Slurm job may still run
+        it: a Slurm daemon then relays the request (scancel) and settles it.
+        """
+        deadline = time.monotonic() + 10.0
+        while True:
+            entry = self.get(job_id)
+            rule(Op.CANCEL, entry.state, job_id)
+            if entry.state is State.PENDING:
+                if self._move_locked(job_id, State.PENDING, State.CANCELLED,
+                                     finished_at=self.clock()) is not None:
+                    self.log(job_id, "cancelled while pending")
+                    return State.CANCELLED
+            elif self._cancel_orphan(job_id):
+                return State.CANCELLED
+            else:
+                self.write_text(self.cancel_path(job_id), f"{self.clock().isoformat()}\n")
+                if self.state_of(job_id) is not State.RUNNING:
+                    self.cancel_path(job_id).unlink(missing_ok=True)
+                    continue  # it finished or was requeued meanwhile: look again
+                return State.RUNNING
+            if time.monotonic() > deadline:
+                raise WrongState(f"job {job_id} is locked by another process; try again")
+            time.sleep(0.05)  # a daemon holds the lock for the instant of a claim
+
+    def _cancel_orphan(self, job_id: int) -> bool:
+        """Cancel running JOB_ID at once if its owner is dead and no Slurm job can run it."""
+        claim = self.take_orphan(job_id)
+        if claim is None:
+            return False
+        if claim.job.meta.slurm_job_id:
+            claim.lock.release()  # the same rule as recovery: Slurm jobs are a Slurm daemon's
+            return False
+        self.finish(claim, State.CANCELLED, worker=None, worker_start=None)
+        self.log(job_id, "cancelled (its daemon was gone)")
+        return True
+
+    def resume(self, job_id: int, fresh: bool = False) -> int:
+        """Queue a failed or cancelled job again under its id (it continues from its latest
+        checkpoint); with FRESH, queue a new job with the same config; return the id queued."""
+        entry = self.get(job_id)
+        if fresh:
+            from ltxq.spool.intake import fresh_job
+
+            return self.publish(fresh_job(entry.job).with_meta(after=[]))
+        rule(Op.RESUME, entry.state, job_id)
+        if self._move_locked(job_id, entry.state, State.PENDING, attempts=0, error=None,
+                             finished_at=None, worker=None, worker_start=None,
+                             wait=5.0) is None:
+            raise WrongState(f"job {job_id} changed meanwhile; try again")
+        self.log(job_id, "resumed; continues from its latest checkpoint")
+        return job_id
+
+    def set_priority(self, job_id: int, priority: int) -> None:
+        """Change the priority of a pending job."""
+        if not -1_000_000 <= priority <= 1_000_000:
+            raise ConfigError(f"must be between -1000000 and 1000000, got {priority}",
+                              key="job.priority")
+        rule(Op.PRIORITY, self.get(job_id).state, job_id)
+        if self._move_locked(job_id, State.PENDING, State.PENDING, wait=5.0,
+                             priority=priority) is None:
+            raise WrongState(f"job {job_id} was claimed meanwhile; priority not changed")
+
+    def replace_pending(self, job_id: int, expected: bytes, text: str) -> Job:
+        """Replace pending job JOB_ID by TEXT if its file still holds EXPECTED; return the job.
+
+        Refused (WrongState) when the job was claimed, cancelled or changed meanwhile.
+        """
+        path = self.job_path(State.PENDING, job_id)
+        job = parse_job(text, file=path, base_dir=self.path.parent, require_dataset_exists=True)
+        if job.meta.id != job_id:
+            raise ConfigError(f"must stay {job_id}", key="job.id", file=path)
+        jobfile.check_name(job, path)
+        self.check_parents(job, path)
+        lock = self.lock(job_id)
+        if not lock.try_acquire():
+            raise WrongState(f"job {job_id} is being claimed or changed right now; edit refused")
+        try:
+            try:
+                current = path.read_bytes()
+            except FileNotFoundError:
+                state = self.state_of(job_id)
+                raise WrongState(f"job {job_id} is {state or 'gone'} now, no longer pending; "
+                                 "edit refused") from None
+            if current != expected:
+                raise WrongState(f"job {job_id} was changed by someone else; edit refused")
+            self.write_job(path, job)
+        finally:
+            lock.release()
+        return job
+
+    def clear(self, which: Iterable[State | str] = (State.DONE,), *,
+              older_than: timedelta | None = None) -> list[int]:
+        """Remove finished jobs' spool files and logs (never their outputs); return their ids."""
+        which = states(which)
+        for st in which:
+            if not st.finished:
+                raise WrongState(f"clear only removes finished jobs, not {st} ones")
+        cutoff = self.clock() - older_than if older_than is not None else None
+        cleared = []
+        for entry in self.jobs(which):
+            if cutoff is not None and (entry.job.meta.finished_at or _mtime(entry.path)) > cutoff:
+                continue
+            if self._remove_locked(entry):
+                cleared.append(entry.id)
+        if cleared:
+            for st in which:
+                fsutil.fsync_dir(self.dir(st))
+        return cleared
+
+    def _remove_locked(self, entry: Entry) -> bool:
+        lock = self.lock(entry.id)
+        if not lock.try_acquire():
+            return False
+        try:
+            entry.path.unlink()
+        except FileNotFoundError:
+            return False  # resumed or cleared meanwhile
+        finally:
+            lock.release()
+        self.log_path(entry.id).unlink(missing_ok=True)
+        for output in self.dir("logs").glob(f"{stem(entry.id)}.slurm-*.out"):
+            output.unlink(missing_ok=True)
+        self.cancel_path(entry.id).unlink(missing_ok=True)
+        return True
+
+    def pause(self) -> None:
+        """Stop every daemon on this spool from claiming new jobs (running ones go on)."""
+        self.write_text(self.dir("control") / "pause", f"{self.clock().isoformat()}\n")
+
+    def unpause(self) -> None:
+        """Let daemons claim jobs again."""
+        (self.dir("control") / "pause").unlink(missing_ok=True)
+
+    def _move_locked(self, job_id: int, src: State, dest: State, *, wait: float = 0.0,
+                     **changes: Any) -> Entry | None:
+        """Under the job's lock, rewrite the job with CHANGES and move it SRC -> DEST (THE one
+        locked move); return it there, or None if the lock stayed busy for WAIT seconds or the
+        file is no longer in SRC."""
+        lock = self.lock(job_id)
+        deadline = time.monotonic() + wait
+        while not lock.try_acquire():
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+        try:
+            path = self.job_path(src, job_id)
+            try:
+                job = self.read(path, src).with_meta(**changes)
+            except FileNotFoundError:
+                return None
+            self.write_job(path, job)
+            if dest is not src:
+                fsutil.move(path, self.job_path(dest, job_id))
+            return Entry(dest, self.job_path(dest, job_id), job)
+        finally:
+            lock.release()
+
+
+def _mtime(path: Path) -> datetime:
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+    except FileNotFoundError:
+        return datetime.fromtimestamp(0, timezone.utc)
