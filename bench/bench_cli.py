@@ -25,9 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from ltxq.status.forkpool import cpus
 from ltxq.job import dump_job, job_from_dict, now
 from ltxq.spool import Spool, State, file_name
+from ltxq.status.forkpool import cpus
 
 CONFIG = """
 [model]
@@ -54,7 +54,7 @@ def fill(spool_dir: Path, dataset: Path, count: int) -> None:
     as a daemon leaves them; cancelled ones were cancelled while pending.
     """
     spool = Spool(spool_dir)
-    spool.ensure()
+    spool.create()
     base = job_from_dict(__import__("tomllib").loads(CONFIG.format(dataset=dataset)))
     stamp = now()
     for i in range(1, count + 1):
@@ -101,7 +101,7 @@ def imports_torch(args: list[str], env: dict[str, str]) -> bool:
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
             "print('TORCH' if 'torch' in sys.modules else 'NOTORCH', file=sys.stderr)")
     out = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
-                         text=True)
+                         text=True, check=False)
     return "NOTORCH" not in out.stderr
 
 

@@ -2,11 +2,13 @@
 
 Exit codes: 0 success; 2 bad usage or an invalid config (the message names file and key);
 1 any other failure (no such job, wrong state). The trainer is imported only by the commands
-that train; submit/status/cancel/logs/clear/workers never load torch.
+that train; submit/status/cancel/logs/clear/workers never load torch. Only submit and daemon
+make a spool; every other spool command needs one (`ltxq: no spool at PATH`, exit 1).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -15,16 +17,20 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import click
 
+from ltxq.cli_params import DAY, Duration, Seconds
 from ltxq.errors import ConfigError, LtxqError, WrongState
 from ltxq.spool import FINISHED, Spool, State, stem
 
 STATE_CHOICES = [str(s) for s in State] + ["all"]
+# The commands that own a spool may create one (DESIGN habit 14); the others need it to exist.
+CREATING = frozenset({"submit", "daemon"})
 
 
 class LtxqGroup(click.Group):
@@ -33,6 +39,9 @@ class LtxqGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.BadParameter as e:  # a bad value: one line naming the option, like a config
+            click.echo(f"ltxq: {e.format_message()}", err=True)
+            ctx.exit(2)
         except LtxqError as e:
             click.echo(f"ltxq: {e}", err=True)
             ctx.exit(e.exit_code)
@@ -47,7 +56,8 @@ class LtxqGroup(click.Group):
 @click.group(cls=LtxqGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--spool", "spool_path", envvar="LTXQ_SPOOL", default="spool", show_default=True,
               type=click.Path(file_okay=False, path_type=Path),
-              help="Spool folder (env LTXQ_SPOOL); made on first use.")
+              help="Spool folder (env LTXQ_SPOOL). submit and daemon make it (in a new or "
+                   "empty folder); the other commands need it to exist.")
 @click.version_option(package_name="ltxq")
 @click.pass_context
 def cli(ctx: click.Context, spool_path: Path) -> None:
@@ -58,6 +68,24 @@ def cli(ctx: click.Context, spool_path: Path) -> None:
 def main() -> None:
     """Run the command line (the `ltxq` console script)."""
     cli(prog_name="ltxq")
+
+
+def pass_spool(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Pass the command the Spool; it must exist unless the command is one of CREATING.
+
+    Checked here, after the command's arguments were parsed, so `--help` and usage errors need
+    no spool. submit makes the spool when it publishes (after validating), daemon at its start.
+    """
+    @functools.wraps(f)
+    def with_spool(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        spool = ctx.find_object(Spool)
+        assert spool is not None, "the group makes the Spool"
+        if ctx.command.name not in CREATING:
+            spool.require()
+        return f(spool, *args, **kwargs)
+
+    return with_spool
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -80,24 +108,6 @@ def _ids(values: tuple[str, ...]) -> list[int]:
                 raise click.BadParameter(f"not a job id: {part!r}")
             out.append(int(part))
     return out
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_age(text: str) -> timedelta:
-    """Parse durations like 7d, 12h, 1w2d, 90m, 30s."""
-    pos, total = 0, 0.0
-    text = text.strip()
-    for m in _DURATION.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m[1]) * _UNITS[m[2]]
-        pos = m.end()
-    if pos != len(text) or not text:
-        raise click.BadParameter(f"expected a duration such as 7d, 12h, 30m, got {text!r}")
-    return timedelta(seconds=total)
 
 
 # --- submit --------------------------------------------------------------------------------
@@ -123,7 +133,7 @@ def parse_age(text: str) -> timedelta:
 @click.option("--rank", type=int, help="Flag form: lora.rank.")
 @click.option("--model", help="Flag form: model.source (hub id, folder, tiny-random).")
 @click.option("--resolution", help="Flag form: data.resolution, WxHxF.")
-@click.pass_obj
+@pass_spool
 def submit(spool: Spool, configs: tuple[Path, ...], sets: tuple[str, ...], priority: int | None,
            name: str | None, after: tuple[str, ...], unique: bool, max_attempts: int | None,
            on_finish: str | None, dataset: Path | None, steps: int | None,
@@ -189,25 +199,30 @@ def _records(spool: Spool, ids: list[int], state: str | None,
 @click.option("--state", type=click.Choice(STATE_CHOICES), help="Only jobs in this state.")
 @click.option("--name", metavar="GLOB", help="Only jobs whose name matches (e.g. 'cake*').")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of job records.")
-@click.option("--watch", type=float, is_flag=False, flag_value=5.0, default=None,
+@click.option("--all", "show_all", is_flag=True,
+              help="Show every job (no folding of old finished or later pending jobs).")
+@click.option("--watch", type=Seconds(0, DAY), is_flag=False, flag_value=5.0, default=None,
               metavar="[SECONDS]", help="Refresh in place every SECONDS (default 5).")
-@click.pass_obj
+@pass_spool
 def status(spool: Spool, ids: tuple[int, ...], state: str | None, name: str | None,
-           as_json: bool, watch: float | None) -> None:
-    """Show jobs (all states by default; old finished jobs folded into one line)."""
+           as_json: bool, show_all: bool, watch: float | None) -> None:
+    """Show jobs (all states by default).
+
+    The table folds old finished jobs and pending jobs beyond the next 20 to run into summary
+    lines (--all shows every row); --json always lists every job.
+    """
     from ltxq.status.render import status_table
 
     def render() -> str:
         if as_json:
             return json.dumps(_records(spool, list(ids), state, name), indent=2)
-        view = _view(spool, list(ids), state, name, fold=not ids and state is None)
+        view = _view(spool, list(ids), state, name,
+                     fold=not ids and state is None and not show_all)
         return status_table(view.records, paused=spool.paused, folded=view.folded)
 
     if watch is None:
         click.echo(render())
         return
-    if watch <= 0:
-        raise click.BadParameter("must be > 0", param_hint="--watch")
     try:
         while True:
             text = render()
@@ -225,7 +240,7 @@ def status(spool: Spool, ids: tuple[int, ...], state: str | None, name: str | No
 
 @cli.command()
 @click.argument("ids", nargs=-1, type=int, required=True)
-@click.pass_obj
+@pass_spool
 def cancel(spool: Spool, ids: tuple[int, ...]) -> None:
     """Cancel jobs: pending ones at once, running ones at their next step."""
     failed = None
@@ -247,7 +262,7 @@ def cancel(spool: Spool, ids: tuple[int, ...]) -> None:
 @cli.command()
 @click.argument("ids", nargs=-1, type=int, required=True)
 @click.option("--fresh", is_flag=True, help="Queue a new job (new id, new output) instead.")
-@click.pass_obj
+@pass_spool
 def resume(spool: Spool, ids: tuple[int, ...], fresh: bool) -> None:
     """Queue failed or cancelled jobs again; they continue from their latest checkpoint."""
     for job_id in ids:
@@ -258,7 +273,7 @@ def resume(spool: Spool, ids: tuple[int, ...], fresh: bool) -> None:
 @click.argument("job_id", metavar="ID", type=int)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the job ends.")
 @click.option("-n", "--lines", type=int, default=None, help="Only the last N lines.")
-@click.pass_obj
+@pass_spool
 def logs(spool: Spool, job_id: int, follow: bool, lines: int | None) -> None:
     """Print a job's log (progress, checkpoints, samples, errors)."""
     if lines is not None and lines < 0:
@@ -300,20 +315,20 @@ def logs(spool: Spool, job_id: int, follow: bool, lines: int | None) -> None:
 @cli.command()
 @click.option("--state", "states", multiple=True, type=click.Choice(
     ["done", "failed", "cancelled", "all"]), help="Which finished jobs (default: done).")
-@click.option("--older-than", metavar="DURATION", help="Only jobs finished before, e.g. 7d.")
-@click.pass_obj
-def clear(spool: Spool, states: tuple[str, ...], older_than: str | None) -> None:
+@click.option("--older-than", type=Duration(), metavar="DURATION",
+              help="Only jobs finished before, e.g. 7d (s, m, h, d, w; at most 36500d).")
+@pass_spool
+def clear(spool: Spool, states: tuple[str, ...], older_than: timedelta | None) -> None:
     """Remove finished jobs' spool files and logs (never their outputs)."""
-    age = parse_age(older_than) if older_than else None
     chosen = ["done", "failed", "cancelled"] if "all" in states else list(states) or ["done"]
-    ids = spool.clear(chosen, older_than=age)
+    ids = spool.clear(chosen, older_than=older_than)
     click.echo(f"cleared {len(ids)} job(s)" + (": " + " ".join(map(str, ids)) if ids else ""))
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})  # so `priority 3 -1` works
 @click.argument("job_id", metavar="ID", type=int)
 @click.argument("priority", metavar="N", type=int)
-@click.pass_obj
+@pass_spool
 def priority(spool: Spool, job_id: int, priority: int) -> None:
     """Set the priority of a pending job (higher runs first)."""
     spool.set_priority(job_id, priority)
@@ -322,7 +337,7 @@ def priority(spool: Spool, job_id: int, priority: int) -> None:
 
 @cli.command()
 @click.argument("job_id", metavar="ID", type=int)
-@click.pass_obj
+@pass_spool
 def edit(spool: Spool, job_id: int) -> None:
     """Edit a pending job in $EDITOR; it is validated and replaced atomically.
 
@@ -356,9 +371,11 @@ def edit(spool: Spool, job_id: int) -> None:
 
 @cli.command()
 @click.argument("ids", nargs=-1, type=int, required=True)
-@click.option("--poll", type=float, default=1.0, show_default=True, help="Seconds between looks.")
-@click.option("--timeout", type=float, default=None, help="Give up after SECONDS (exit 1).")
-@click.pass_obj
+@click.option("--poll", type=Seconds(0, DAY), default=1.0, show_default=True,
+              help="Seconds between looks.")
+@click.option("--timeout", type=Seconds(0, 365 * DAY, low_ok=True), default=None,
+              help="Give up after SECONDS (exit 1).")
+@pass_spool
 def wait(spool: Spool, ids: tuple[int, ...], poll: float, timeout: float | None) -> None:
     """Wait until the jobs end; exit 0 only if every one of them is done."""
     for job_id in ids:
@@ -386,7 +403,7 @@ def wait(spool: Spool, ids: tuple[int, ...], poll: float, timeout: float | None)
 
 
 @cli.command()
-@click.pass_obj
+@pass_spool
 def pause(spool: Spool) -> None:
     """Stop daemons from claiming new jobs (running jobs go on); holds across restarts."""
     spool.pause()
@@ -394,7 +411,7 @@ def pause(spool: Spool) -> None:
 
 
 @cli.command()
-@click.pass_obj
+@pass_spool
 def unpause(spool: Spool) -> None:
     """Let daemons claim jobs again."""
     spool.unpause()
@@ -407,7 +424,7 @@ def unpause(spool: Spool) -> None:
 @cli.command()
 @click.option("--once", is_flag=True, help="Run at most one job, then exit.")
 @click.option("--exit-when-idle", is_flag=True, help="Exit when no job can be claimed.")
-@click.option("--poll", type=float, default=2.0, show_default=True,
+@click.option("--poll", type=Seconds(0, DAY), default=2.0, show_default=True,
               help="Seconds between looks at an idle spool.")
 @click.option("--device", help="cpu, cuda, or cuda:N (pins the daemon to GPU N).")
 @click.option("--on-finish", metavar="CMD",
@@ -428,9 +445,10 @@ def unpause(spool: Spool) -> None:
 @click.option("--warn-before", metavar="SECONDS", type=click.IntRange(min=1), default=120,
               show_default=True,
               help="[slurm] SIGUSR1 this long before the time limit: checkpoint and requeue.")
-@click.option("--cancel-grace", metavar="SECONDS", type=click.FloatRange(min=0), default=60.0,
-              show_default=True, help="[slurm] Wait this long for a cancel, then scancel.")
-@click.pass_obj
+@click.option("--cancel-grace", metavar="SECONDS", type=Seconds(0, DAY, low_ok=True),
+              default=60.0, show_default=True,
+              help="[slurm] Wait this long for a cancel, then scancel.")
+@pass_spool
 def daemon(spool: Spool, once: bool, exit_when_idle: bool, poll: float, device: str | None,
            on_finish: str | None, trainer: str | None, executor: str, partition: str | None,
            gpus: int, time_limit: str | None, sbatch_args: tuple[str, ...], max_jobs: int,
@@ -442,11 +460,13 @@ def daemon(spool: Spool, once: bool, exit_when_idle: bool, poll: float, device: 
     """
     from ltxq.daemon import Daemon, DaemonOptions, pin_device
 
-    if poll <= 0:
-        raise click.BadParameter("must be > 0", param_hint="--poll")
+    if executor == "slurm" and device:
+        raise click.BadParameter("Slurm assigns the GPUs: use --gpus", param_hint="--device")
+    if device and not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
+        raise click.BadParameter(f"expected cpu, cuda, cuda:N or mps, got {device!r}",
+                                 param_hint="--device")
+    spool.create()  # the one command besides submit that may make a spool (arguments checked)
     if executor == "slurm":
-        if device:
-            raise click.BadParameter("Slurm assigns the GPUs: use --gpus", param_hint="--device")
         from ltxq.slurm_executor import SlurmDaemon, SlurmOptions
 
         options = DaemonOptions(once=once, exit_when_idle=exit_when_idle, poll=poll,
@@ -454,9 +474,6 @@ def daemon(spool: Spool, once: bool, exit_when_idle: bool, poll: float, device: 
         sys.exit(SlurmDaemon(spool, options, SlurmOptions(
             partition=partition, gpus=gpus, time_limit=time_limit, sbatch_args=sbatch_args,
             max_jobs=max_jobs, warn_before=warn_before, cancel_grace=cancel_grace)).run())
-    if device and not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
-        raise click.BadParameter(f"expected cpu, cuda, cuda:N or mps, got {device!r}",
-                                 param_hint="--device")
     trainer_device = pin_device(device)  # before anything can import torch
     options = DaemonOptions(once=once, exit_when_idle=exit_when_idle, poll=poll, device=device,
                             trainer_device=trainer_device, trainer=trainer, on_finish=on_finish)
@@ -465,7 +482,7 @@ def daemon(spool: Spool, once: bool, exit_when_idle: bool, poll: float, device: 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.pass_obj
+@pass_spool
 def workers(spool: Spool, as_json: bool) -> None:
     """List live daemons on this spool with their device, job and step."""
     from ltxq.status.render import workers_table

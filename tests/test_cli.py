@@ -10,8 +10,8 @@ import time
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import REPO
+
 from ltxq.cli import cli
 
 COMMANDS = ["submit", "status", "cancel", "resume", "logs", "clear", "daemon", "workers",
@@ -64,7 +64,7 @@ def test_invalid_submit_exits_2_naming_file_and_key_and_writes_nothing(env, args
     assert p.returncode == 2 and p.stdout == ""
     assert "job.toml" in p.stderr and key in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
-    assert not any((env.spool / "pending").iterdir()) if (env.spool / "pending").exists() else True
+    assert not env.spool.exists()
 
 
 def test_invalid_file_among_several_writes_none(env):
@@ -72,7 +72,7 @@ def test_invalid_file_among_several_writes_none(env):
     (env.root / "bad.toml").write_text("[lora]\nrank = 4\n")
     p = env.run("submit", "job.toml", "bad.toml", check=False)
     assert p.returncode == 2 and "bad.toml" in p.stderr and "data.dataset" in p.stderr
-    assert env.status() == []
+    assert not env.spool.exists()  # not even an empty spool
 
 
 def test_missing_file_and_broken_toml_exit_2(env):
@@ -103,13 +103,13 @@ def test_set_values_are_toml_typed_and_flag_form_works(env):
 
 
 def test_unknown_job_and_wrong_state_exit_1_with_one_line(env):
+    env.config()
+    env.submit("job.toml")  # job 1: the spool exists, job 9 does not
     for args in (["cancel", "9"], ["logs", "9"], ["resume", "9"], ["status", "9"]):
         p = env.run(*args, check=False)
         assert p.returncode == 1 and "no job 9" in p.stderr, args
         assert len(p.stderr.strip().splitlines()) == 1
-    env.config()
-    job_id = env.submit("job.toml")
-    p = env.run("resume", str(job_id), check=False)
+    p = env.run("resume", "1", check=False)
     assert p.returncode == 1 and "pending" in p.stderr
 
 
@@ -151,7 +151,7 @@ def test_fast_commands_never_import_torch(env, args):
     env.config()
     env.submit("job.toml")
     p = subprocess.run([sys.executable, "-c", FAST, *args], cwd=env.root, env=env.env,
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, check=False)
     assert p.stdout.strip().endswith("light"), p.stderr
 
 
@@ -171,7 +171,7 @@ def test_spool_option_and_env(env, tmp_path):
     other = tmp_path / "other-spool"
     job_id = int(env.run("--spool", str(other), "submit", "job.toml").stdout)
     assert (other / "pending" / f"{job_id:06d}.toml").exists()
-    assert env.status() == []
+    assert not env.spool.exists()  # $LTXQ_SPOOL was not used
     assert REPO.exists()
 
 

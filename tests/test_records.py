@@ -11,13 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import write_config
+
 from ltxq import Spool
 from ltxq.progress import progress_message
-from ltxq.status.reader import StatusReader
-from ltxq.status.records import RECENT_FINISHED, invalid_record, job_record
 from ltxq.spool import State
+from ltxq.status import NEXT_PENDING, RECENT_FINISHED
+from ltxq.status.reader import StatusReader
+from ltxq.status.records import invalid_record, job_record
 from ltxq.status.statcache import MISSING, StatCache
 
 
@@ -35,7 +36,7 @@ def fill(spool: Spool, done: int = 3) -> None:
     for _ in range(done + 2):
         spool.submit(cfg)
     for i in range(done + 1):
-        claim = spool.claim("host:1")
+        claim = spool.claim("host:1").claim
         assert claim is not None
         spool.log(claim.id, progress_message(5, 5, 0.25 + i, 2e-4, 0.03))
         if i < done:
@@ -43,7 +44,7 @@ def fill(spool: Spool, done: int = 3) -> None:
         else:
             spool.finish(claim, State.FAILED, error="boom")
     spool.cancel(spool.submit(cfg))
-    running = spool.claim("host:2", device="cpu")
+    running = spool.claim("host:2", device="cpu").claim
     assert running is not None
     spool.log(running.id, progress_message(2, 5, 0.5, 2e-4, 0.03))
     spool.submit(cfg, name="waiting")
@@ -181,6 +182,25 @@ def test_default_view_reads_only_what_it_shows_and_counts_the_rest(spool, monkey
     assert [r for r in all_records if r["id"] in shown] == view.records
 
 
+def test_default_view_reads_only_the_next_pending_jobs(spool, monkeypatch):
+    cfg = spool.path.parent / "job.toml"
+    for i in range(1, NEXT_PENDING + 11):
+        spool.submit(cfg, priority=3 if i % 7 == 0 else 0)
+    age(spool)
+    StatusReader(spool).view(None, fold=True)  # warm caches must not change what is shown
+    run_order = sorted(spool.ids(State.PENDING), key=lambda i: (-(3 if i % 7 == 0 else 0), i))
+    parsed = forbid_parsing(monkeypatch, spool)
+    view = StatusReader(spool).view(None, fold=True)
+    shown = [r["id"] for r in view.records]
+    assert sorted(shown) == sorted(run_order[:NEXT_PENDING]) and view.folded == {"pending": 10}
+    assert sorted(int(p.stem) for p in parsed) == sorted(shown)  # nothing else was parsed
+    assert [r for r in full_records(spool) if r["id"] in shown] == view.records
+    # A hand edit in place (same inode) is seen: the order comes from stat-keyed facts.
+    last = spool.dir(State.PENDING) / f"{run_order[-1]:06d}.toml"
+    last.write_text(last.read_text().replace("priority = 0", "priority = 9"))
+    assert run_order[-1] in [r["id"] for r in StatusReader(spool).view(None, fold=True).records]
+
+
 def test_invalid_files_still_show_with_their_error(spool):
     fill(spool, done=RECENT_FINISHED + 2)
     age(spool)
@@ -230,7 +250,7 @@ def test_pooled_reading_gives_what_the_serial_reader_gives(spool):
     (spool.dir(State.DONE) / "000099.toml").write_text("[job]\nid = 99\nbogus = 1\n")
     (spool.dir(State.FAILED) / "000098.toml").write_text("[job\nid = 98\n")
     (spool.dir(State.DONE) / "000097.toml").write_bytes(b"\xff\xfe not utf-8")
-    caches = lambda: {p.name: p.read_text()  # noqa: E731
+    caches = lambda: {p.name: p.read_text()
                       for p in spool.dir("tmp").glob("status-*.cache.json")}
     serial = StatusReader(spool, pool_min=None).view("all").records
     assert serial == full_records(spool)

@@ -5,7 +5,7 @@ The spool stays the only source of truth; three things keep a 10,000-job `status
   file's stat key, so a job file is parsed and validated once, not on every run;
 - the default table reads only the jobs it shows (running, the newest finished ones, the next
   pending ones to run) and counts the rest from the folder listings;
-- the run order of a long pending/ comes from a cache of priorities alone (a few bytes a job),
+- the run order of a long pending/ comes from the spool's claim index (priorities, stat-keyed),
   so choosing the next pending jobs costs one stat per file, not a parse.
 When many files are not in the cache (the first `status` after thousands of files appeared),
 they are parsed and validated in forked worker processes (ltxq.status.forkpool), each exactly as
@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import operator
 import os
-import tomllib
 from collections.abc import Callable, Iterable
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -28,6 +27,8 @@ from ltxq.fsutil import read_regular
 from ltxq.job import JobMeta
 from ltxq.progress import Progress, last_progress
 from ltxq.spool import FINISHED, Spool, State, file_name, stem
+from ltxq.spool.claimindex import UNREADABLE_PRIORITY, ClaimIndex
+from ltxq.spool.layout import job_id_of
 from ltxq.status.forkpool import fork_map
 from ltxq.status.records import (
     NEXT_PENDING,
@@ -50,7 +51,6 @@ POOL_MIN_FILES = 200
 
 # What the cached facts mean: bump when job_facts changes; a new [job] field changes it itself.
 _FACTS_VERSION = "1:" + ",".join(f.name for f in dataclasses.fields(JobMeta))
-_ORDER_VERSION = "order 1"  # the priorities cache: [job].priority, None if unreadable
 _progress_values = operator.attrgetter(*(f.name for f in dataclasses.fields(Progress)))
 
 
@@ -66,21 +66,20 @@ class StatusReader:
         self.spool = spool
         self.use_cache = use_cache
         self.pool_min = pool_min
-        self._caches: dict[State | str, StatCache] = {}
+        self._caches: dict[State, StatCache] = {}
         self._logs = spool.dir("logs")
         self._uncached: frozenset[State] = frozenset()
         self._ahead: dict[Path, tuple[Any, ...]] = {}  # what _read_ahead's workers found
         self._ahead_logs: dict[int, tuple[list[int] | None, list[Any]]] = {}  # by job id
 
-    def _cache(self, state: State | str) -> StatCache | None:
+    def _cache(self, state: State) -> StatCache | None:
         if not self.use_cache or state in self._uncached:
             return None
         cache = self._caches.get(state)
         if cache is None:
             tmp = self.spool.dir("tmp")
-            version = _ORDER_VERSION if state == "order" else _FACTS_VERSION
             cache = StatCache(tmp / f"status-{state}.cache.json", tmp,
-                              f"{version}:{self.spool.path}")
+                              f"{_FACTS_VERSION}:{self.spool.path}")
             self._caches[state] = cache
         return cache
 
@@ -195,49 +194,34 @@ class StatusReader:
     def next_pending(self, count: int = NEXT_PENDING) -> set[int] | None:
         """Return the ids of the COUNT pending jobs that run first, or None if all are shown.
 
-        Their order needs every pending job's priority: it comes from the priorities cache,
-        keyed on each file's stat like the facts; a miss reads the file for [job].priority
-        alone (a file that does not give one sorts first, so the table reads and shows it).
+        Their order needs every pending job's priority: it comes from the spool's claim index
+        (the daemons' own stat-keyed cache of it), so it costs a stat per file, not a parse.
         """
         ids = self.spool.ids(State.PENDING)
         if len(ids) <= count:
             return None
-        cache, folder = self._cache("order"), self.spool.dir(State.PENDING)
-        order: list[tuple[tuple[float, int], int]] = []
-        misses: list[int] = []
-        for job_id in ids:
-            hit = MISSING
-            if cache is not None:
-                try:
-                    hit = cache.get(file_name(job_id), _stat(folder / file_name(job_id)))
-                except FileNotFoundError:
-                    continue  # it moved on while we looked
-                except NotRegularFile:
-                    pass  # a miss: `_priority_of` gives it no priority, so it is shown
-            if hit is MISSING:
-                misses.append(job_id)
-            else:
-                order.append((run_order(hit, job_id), job_id))
-        for job_id, read in zip(misses, self._priorities(folder, misses)):
-            if read is None:
-                continue  # it moved on
-            key, priority = read
-            if cache is not None and key is not None:
-                cache.put_keyed(file_name(job_id), key, priority)
-            order.append((run_order(priority, job_id), job_id))
-        order.sort()
+        try:
+            facts = ClaimIndex(self.spool).facts([file_name(i) for i in ids])
+            priorities = {job_id_of(name): f.priority for name, f in facts.items()}
+        except OSError:  # e.g. a spool this user cannot write: read the files instead
+            priorities = self._pending_priorities(ids)
+        order = sorted((run_order(p, job_id), job_id) for job_id, p in priorities.items())
         return {job_id for _, job_id in order[:count]}
 
-    def _priorities(self, folder: Path, ids: list[int],
-                    ) -> list[tuple[list[int] | None, int | None] | None]:
-        """Return `_priority_of` each pending file IDS, in worker processes if many."""
-        paths = [folder / file_name(i) for i in ids]
-        results = None
-        if self.pool_min is not None and len(paths) >= max(self.pool_min, 1):
-            results = fork_map(_priority_of, paths)
-        if results is None:
-            results = [_priority_of(p) for p in paths]
-        return results
+    def _pending_priorities(self, ids: list[int]) -> dict[int, int]:
+        """Return the priority of each pending job IDS through the facts (and their cache).
+
+        A file that is no valid job comes first, so the table reads it and shows its error.
+        """
+        folder, out = self.spool.dir(State.PENDING), {}
+        for job_id in ids:
+            try:
+                out[job_id] = self.facts(folder / file_name(job_id), State.PENDING)["priority"]
+            except FileNotFoundError:
+                continue  # it moved on while we looked
+            except ConfigError:
+                out[job_id] = UNREADABLE_PRIORITY
+        return out
 
     def view(self, state: str | None = None, *, name: str | None = None,
              fold: bool = False) -> StatusView:
@@ -277,9 +261,7 @@ class StatusReader:
             records, folded = folded_view.records, folded_view.folded
         if not name and state in (None, "all"):
             records.extend(invalid_record(p) for p in scanned.problems)
-            # TEMPORARY until Spool.dropped lands with the spool package (then call it).
-            dropped = getattr(self.spool, "dropped", list)()
-            records.extend(dropped_record(d) for d in dropped)
+            records.extend(dropped_record(d) for d in self.spool.dropped())
         for cache in self._caches.values():
             cache.save()
         return StatusView(records, folded)
@@ -297,27 +279,3 @@ def _stat(path: Path) -> os.stat_result:
         if os.path.islink(path):
             raise NotRegularFile("broken symbolic link", file=path) from None
         raise
-
-
-def _priority_of(path: Path) -> tuple[list[int] | None, int | None] | None:
-    """Return PATH's stat key and its [job].priority (None if it has no integer one), or None
-    if PATH is gone.
-
-    Only for ordering: the files shown are read and fully validated afterwards. A file that
-    cannot be read has no key (never cached) and no priority (so it is shown, with its error).
-    """
-    try:
-        st, data = read_regular(path)
-    except FileNotFoundError:
-        return None
-    except Exception:  # noqa: BLE001 - not a regular file, unreadable: the full read decides
-        return None, None
-    try:
-        doc = tomllib.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return stat_key(st), None
-    job = doc.get("job")
-    priority = job.get("priority", 0) if isinstance(job, dict) else None
-    if type(priority) is not int:
-        priority = None
-    return stat_key(st), priority

@@ -16,7 +16,7 @@ from typing import Any
 
 from ltxq.job import Job
 from ltxq.progress import Progress, last_progress
-from ltxq.spool import FINISHED, Entry, Invalid, Spool, State
+from ltxq.spool import FINISHED, Dropped, Entry, Invalid, Spool, State
 
 RECENT_FINISHED = 10  # finished jobs the default table shows before folding the rest
 NEXT_PENDING = 20  # pending jobs (the next to run) the default table shows before folding
@@ -101,19 +101,15 @@ def invalid_record(item: Invalid) -> dict[str, Any]:
             "origin": item.origin, "error": item.error}
 
 
-def dropped_record(item: Any) -> dict[str, Any]:
+def dropped_record(item: Dropped) -> dict[str, Any]:
     """Return the status record of a pending/ file that is not adopted as a job yet."""
     return {"id": None, "state": "dropped", "name": item.name, "file": str(item.path),
             "reason": item.reason}
 
 
-def run_order(priority: int | None, job_id: int) -> tuple[float, int]:
-    """Return the sort key of a pending job: higher priority first, then lower id.
-
-    A None priority (a file that could not be read for it) sorts first, so the table reads it
-    and shows why.
-    """
-    return (float("-inf") if priority is None else -priority, job_id)
+def run_order(priority: int, job_id: int) -> tuple[int, int]:
+    """Return the sort key of a pending job: higher priority first, then lower id."""
+    return (-priority, job_id)
 
 
 @dataclasses.dataclass
