@@ -467,13 +467,17 @@ def daemon(spool: Spool, once: bool, exit_when_idle: bool, poll: float, device: 
                                  param_hint="--device")
     spool.create()  # the one command besides submit that may make a spool (arguments checked)
     if executor == "slurm":
-        from ltxq.slurm_executor import SlurmDaemon, SlurmOptions
+        from ltxq.executors.slurm import executor as slurm
+        from ltxq.workers import Registration
 
+        slurm.require_controller()
         options = DaemonOptions(once=once, exit_when_idle=exit_when_idle, poll=poll,
                                 trainer=trainer, on_finish=on_finish)
-        sys.exit(SlurmDaemon(spool, options, SlurmOptions(
-            partition=partition, gpus=gpus, time_limit=time_limit, sbatch_args=sbatch_args,
-            max_jobs=max_jobs, warn_before=warn_before, cancel_grace=cancel_grace)).run())
+        sys.exit(Daemon(spool, options, slurm.SlurmExecutor(
+            spool, Registration(spool, None, executor="slurm"), slurm.SlurmOptions(
+                partition=partition, gpus=gpus, time_limit=time_limit, sbatch_args=sbatch_args,
+                max_jobs=max_jobs, warn_before=warn_before, cancel_grace=cancel_grace),
+            trainer=trainer)).run())
     trainer_device = pin_device(device)  # before anything can import torch
     options = DaemonOptions(once=once, exit_when_idle=exit_when_idle, poll=poll, device=device,
                             trainer_device=trainer_device, trainer=trainer, on_finish=on_finish)

@@ -1,34 +1,36 @@
-"""The daemon: recover, claim, run in-process through `train(config, run)`, finish; repeat.
+"""The daemon: one loop for every executor. Each pass: recover dead daemons' jobs, settle the
+jobs whose run ended (`executor.poll`), claim while the executor has room, start them; then
+sleep until the poll interval, a signal, or a spool change (inotify) wakes it.
 
-Signal handlers only set a flag (and wake the poll sleep through the wakeup fd); the loop acts
-on it. A first SIGTERM/SIGINT stops the running job at its next step (the trainer checkpoints),
-requeues it without counting an attempt, and exits 0; a second one exits at once.
+Every job that reaches done/failed/cancelled through this daemon (recovered past max_attempts,
+failed on a dependency, settled after its run) gets the on_finish hooks: the daemon's own
+--on-finish, and the job file's on_finish if the file is owned by this daemon's uid.
+
+Signal handlers only set a flag (and wake the sleep through the wakeup fd); the loop acts on
+it. A first SIGTERM/SIGINT stops a local job at its next step (the trainer checkpoints; it is
+requeued without an attempt) or leaves Slurm jobs to the next Slurm daemon, and exits 0; a
+second one exits at once.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-import select
 import signal
 import socket
 import subprocess
 import threading
-import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
-from ltxq.errors import ConfigError, LtxqError
-from ltxq.jobrun import JobRun
-from ltxq.job import Job
-from ltxq.spool import Claim, Entry, Spool, State
+from ltxq.errors import ConfigError
+from ltxq.executors.base import Executor, Settled, foreign_owner, untrusted_note
+from ltxq.executors.local import LocalExecutor, Trainer, one_line
+from ltxq.spool import Entry, Spool
+from ltxq.wakeup import WATCHED, Waker
 from ltxq.workers import Registration
 
-DEFAULT_TRAINER = "ltxq.trainer:train"
 ON_FINISH_TIMEOUT_S = 300.0  # a notification must not hold the queue up for long
-
-Trainer = Callable[[Any, Any], Any]
+SETTLING_NAP_S = 0.2         # --exit-when-idle waits in naps this long for dropped files
 
 
 @dataclass(frozen=True)
@@ -66,29 +68,24 @@ def pin_device(device: str | None) -> str | None:
     return "cuda:0"
 
 
-def resolve_trainer(spec: str | None = None) -> Trainer:
-    """Import the trainer function named "module:function" (default: the real trainer)."""
-    spec = spec or os.environ.get("LTXQ_TRAINER") or DEFAULT_TRAINER
-    module, _, name = spec.partition(":")
-    if not module or not name:
-        raise ConfigError(f"expected module:function, got {spec!r}", key="--trainer")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise LtxqError(f"cannot load the trainer {spec}: {e}") from e
-
-
 class Daemon:
-    """One worker on one spool; `run()` returns the process exit code."""
+    """One worker on one spool, running its jobs through an executor; `run()` returns the exit
+    code."""
 
-    def __init__(self, spool: Spool, options: DaemonOptions, trainer: Trainer | None = None):
+    def __init__(self, spool: Spool, options: DaemonOptions, executor: Executor | None = None,
+                 trainer: Trainer | None = None):
         self.spool = spool
         self.options = options
-        self._trainer = trainer
         self._stopping = False
-        self._wake_r: socket.socket | None = None
-        self.registration = Registration(spool, options.device)
+        self._signal_r: socket.socket | None = None
+        self.executor: Executor = executor or LocalExecutor(
+            spool, Registration(spool, options.device), lambda: self._stopping,
+            device=options.device, trainer_device=options.trainer_device,
+            trainer=trainer or options.trainer)
+        self.registration: Registration = self.executor.registration  # type: ignore[attr-defined]
         self.worker = self.registration.name
+        self._started = 0
+        self._looked_again = False
 
     # --- signals ---------------------------------------------------------------------------
 
@@ -103,7 +100,7 @@ class Daemon:
         r, w = socket.socketpair()
         r.setblocking(False)
         w.setblocking(False)
-        self._wake_r = r
+        self._signal_r = r
         old_fd = signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
 
@@ -115,157 +112,122 @@ class Daemon:
             w.close()
         return restore
 
-    def _sleep(self, seconds: float) -> None:
-        """Sleep up to SECONDS, waking at once on a signal."""
-        if self._wake_r is None:
-            threading.Event().wait(seconds)
-            return
-        ready, _, _ = select.select([self._wake_r], [], [], seconds)
-        if ready:
-            try:
-                self._wake_r.recv(64)
-            except BlockingIOError:
-                pass
-
     # --- the loop --------------------------------------------------------------------------
 
     def run(self) -> int:
         """Work until told to stop (or idle with --exit-when-idle / --once); return exit code."""
         restore = self._install_signals()
+        waker = Waker(self._signal_r)
         self.registration.start()
         try:
-            return self._loop()
+            waker.watch(self.spool.dir(name) for name in WATCHED)
+            try:
+                return self._loop(waker)
+            finally:
+                self._settle(self.executor.detach())
         finally:
+            waker.close()
             self.registration.stop()
             restore()
 
-    def _loop(self) -> int:
+    def _loop(self, waker: Waker) -> int:
         while not self._stopping:
-            self.spool.recover()
-            claim = None
-            if not self.spool.paused:
-                failed: list[Entry] = []
-                try:
-                    claim = self.spool.claim(self.worker, self.options.device, failed)
-                finally:
-                    for entry in failed:  # dependency failures end jobs too: hooks run
-                        self._notify(entry.id, entry.job, entry.state)
-            if claim is not None:
-                self._run_job(claim)
-                if self.options.once:
-                    return 0
-                continue
-            if self.options.once or self.options.exit_when_idle:
+            self._finished(self.spool.recover())
+            self._settle(self.executor.poll())
+            if self._start_jobs():
+                continue  # settle what a local run ended at once; look at Slurm's new jobs
+            busy = self.executor.busy()
+            if not busy and self._done():
                 return 0
-            self._sleep(self.options.poll)
+            waker.sleep(self.options.poll if busy else self._nap())
         return 0
 
-    def _trainer_fn(self) -> Trainer:
-        if self._trainer is None:
-            trainer = resolve_trainer(self.options.trainer)  # torch loads here, not before
-            self._check_device()
-            self._trainer = trainer
-        return self._trainer
+    def _start_jobs(self) -> int:
+        """Claim and start jobs while the executor has room; return how many started."""
+        started = 0
+        while (not self._stopping and self.executor.capacity() > 0
+               and not (self.options.once and self._started) and not self.spool.paused):
+            claimed = self.spool.claim(self.worker, self.options.device)
+            self._finished(claimed.finished)  # dependency failures end jobs too: hooks run
+            if claimed.claim is None:
+                break
+            self._looked_again = False
+            self._started += 1
+            started += 1
+            self.executor.start(claimed.claim)
+        return started
 
-    def _check_device(self) -> None:
-        """Refuse a --device this machine lacks before it fails the job (and every next one)."""
-        spec = self.options.trainer or os.environ.get("LTXQ_TRAINER") or DEFAULT_TRAINER
-        if self.options.trainer_device in (None, "cpu") or spec != DEFAULT_TRAINER:
-            return  # a test double runs on any device
-        from ltxq.trainer.device import resolve_device
+    def _done(self) -> bool:
+        """Return True when an idle --once/--exit-when-idle daemon may exit now."""
+        if self.options.once and self._started:
+            return True
+        if not (self.options.once or self.options.exit_when_idle):
+            return False
+        # A hand-dropped file not judged yet may become a job: wait until it is adopted or
+        # set aside (it settles within the spool's settle time), then look once more.
+        undecided = [d for d in self.spool.dropped() if d.reason.startswith("not adopted yet")]
+        if any("settling" in d.reason for d in undecided):
+            return False
+        if undecided and not self._looked_again:
+            self._looked_again = True
+            return False
+        return True
 
-        try:
-            resolve_device(self.options.trainer_device)
-        except LtxqError as e:
-            # The message names the pinned device ("cuda:0"); the user asked for theirs.
-            reason = str(e).split(": ", 1)[-1]
-            raise LtxqError(f"--device {self.options.device}: {reason}") from None
+    def _nap(self) -> float:
+        """Return how long an idle pass sleeps (short while dropped files settle)."""
+        if self.options.once or self.options.exit_when_idle:
+            return min(self.options.poll, SETTLING_NAP_S)
+        return self.options.poll
 
-    def _run_job(self, claim: Claim) -> None:
-        """Run one claimed job to an outcome (LtxqError if the trainer cannot be loaded)."""
-        spool, job = self.spool, claim.job
-        self.registration.update(job=claim.id)
-        device = self.options.device or "auto"
-        spool.log(claim.id, f"started on {self.worker} (device {device}, attempt "
-                            f"{job.meta.attempts + 1} of {job.meta.max_attempts}); "
-                            f"output {job.output_dir()}")
-        try:
-            trainer = self._trainer_fn()
-        except LtxqError as e:
-            # A broken install must not fail the queue's jobs: give this one back and stop.
-            spool.log(claim.id, f"{e}; requeued")
-            spool.finish(claim, State.PENDING)
-            self.registration.update(job=None)
-            raise
-        run = JobRun(spool, claim, self.options.trainer_device, lambda: self._stopping)
-        try:
-            result = trainer(job.config, run)
-        except Exception as e:  # the job's outcome, not the daemon's
-            state = State.FAILED
-            error = _one_line(e)
-            spool.log(claim.id, "failed: " + error)
-            for line in traceback.format_exc().rstrip().splitlines():
-                spool.log(claim.id, "  " + line)
-            spool.finish(claim, state, error=error, step=run.last_step)
-        else:
-            state = self._record(claim, result)
-        self.registration.update(job=None)
-        if state.finished:
-            self._notify(claim.id, claim.job, state)
+    # --- finished jobs ---------------------------------------------------------------------
 
-    def _record(self, claim: Claim, result: Any) -> State:
-        """Turn a TrainResult into the job's transition; return the new state."""
-        from ltxq.run import Outcome
+    def _settle(self, settled: Iterable[Settled]) -> None:
+        """Record each reported ending in the spool; hooks for finished jobs; stop if fatal."""
+        fatal = None
+        for item in settled:
+            entry = self.spool.settle(item.claim, item.ending, why=item.why,
+                                      **dict(item.changes))
+            self._finished([entry])
+            fatal = fatal or item.fatal
+        if fatal is not None:
+            raise fatal
 
-        spool = self.spool
-        meta = claim.job.meta
-        changes = {"step": result.step,
-                   "checkpoint": str(result.checkpoint) if result.checkpoint else meta.checkpoint,
-                   "validation_sample": (str(result.validation_sample)
-                                         if result.validation_sample else meta.validation_sample)}
-        if result.outcome == Outcome.COMPLETED:
-            state = State.DONE
-            lora = f"; LoRA {result.lora_path}" if result.lora_path else ""
-            spool.log(claim.id, f"done at step {result.step}/{result.total_steps}{lora}")
-        elif spool.cancel_requested(claim.id):
-            state = State.CANCELLED
-            spool.log(claim.id, f"cancelled at step {result.step}/{result.total_steps}")
-        else:
-            state = State.PENDING  # shutdown: requeued without counting an attempt
-            spool.log(claim.id, f"stopped at step {result.step}/{result.total_steps} "
-                                "(daemon shutting down); requeued")
-        spool.finish(claim, state, **changes)
-        return state
+    def _finished(self, entries: Iterable[Entry]) -> None:
+        """Run the on_finish hooks of every entry that reached a finished state."""
+        for entry in entries:
+            if entry.state.finished:
+                self._notify(entry)
 
-    def _notify(self, job_id: int, job: Job, state: State) -> None:
-        """Run the on_finish commands of JOB, which ended in STATE; their failure is logged,
-        never the job's."""
-        commands = [c for c in (self.options.on_finish, job.meta.on_finish) if c]
+    def _notify(self, entry: Entry) -> None:
+        """Run the on_finish commands of ENTRY; their failure is logged, never the job's."""
+        job_id, job = entry.id, entry.job
+        commands = [self.options.on_finish] if self.options.on_finish else []
+        if job.meta.on_finish:
+            uid = foreign_owner(entry.path)
+            if uid is None:
+                commands.append(job.meta.on_finish)
+            else:
+                self.spool.log(job_id, untrusted_note("on_finish", uid))
         if not commands:
             return
         meta = job.meta
         env = dict(os.environ,
-                   LTXQ_JOB_ID=str(job_id), LTXQ_JOB_STATE=str(state),
+                   LTXQ_JOB_ID=str(job_id), LTXQ_JOB_STATE=str(entry.state),
                    LTXQ_JOB_NAME=meta.name, LTXQ_OUTPUT_DIR=str(job.output_dir()),
                    LTXQ_CHECKPOINT=meta.checkpoint or "", LTXQ_ERROR=meta.error or "",
                    LTXQ_SPOOL=str(self.spool.path))
         for command in commands:
-            self.spool.log(job_id, f"on_finish: {command}")
-            try:
-                with open(self.spool.log_path(job_id), "ab") as out:
-                    rc = subprocess.run(command, shell=True, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=out, stderr=subprocess.STDOUT,
-                                        timeout=ON_FINISH_TIMEOUT_S).returncode
-            except (OSError, subprocess.TimeoutExpired) as e:
-                self.spool.log(job_id, f"on_finish failed: {_one_line(e)}")
-                continue
-            if rc:
-                self.spool.log(job_id, f"on_finish failed: exit status {rc}")
+            self._run_hook(job_id, command, env)
 
-
-def _one_line(e: BaseException) -> str:
-    """The error line a user sees: ltxq's own messages as is, others with their type."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    if isinstance(e, LtxqError):
-        return text or type(e).__name__
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+    def _run_hook(self, job_id: int, command: str, env: dict[str, str]) -> None:
+        self.spool.log(job_id, f"on_finish: {command}")
+        try:
+            with open(self.spool.log_path(job_id), "ab") as out:
+                rc = subprocess.run(command, shell=True, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT,
+                                    timeout=ON_FINISH_TIMEOUT_S, check=False).returncode
+        except (OSError, subprocess.TimeoutExpired) as e:
+            self.spool.log(job_id, f"on_finish failed: {one_line(e)}")
+            return
+        if rc:
+            self.spool.log(job_id, f"on_finish failed: exit status {rc}")

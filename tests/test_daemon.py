@@ -9,6 +9,8 @@ import time
 
 from conftest import wait_for
 
+from ltxq.spool import Spool
+
 
 def test_several_daemons_run_each_job_exactly_once(env):
     env.config(steps=3)
@@ -121,7 +123,7 @@ BROKEN = '[data]\ndataset = "ds"\n[optimization]\nsteps = -1\n'
 def test_files_dropped_broken_and_moved_by_hand(env):
     env.config(steps=6, interval=3)
     pending = env.spool / "pending"
-    env.run("status")  # makes the spool
+    Spool(env.spool).create()
     (env.root / "outputs").mkdir(exist_ok=True)
     dropped = pending / "by hand.toml"
     dropped.write_text((env.root / "job.toml").read_text())  # relative to the spool's parent

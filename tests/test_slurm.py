@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from ltxq import slurm, slurm_entry
+from ltxq.executors.slurm import client as slurm
+from ltxq.executors.slurm import node as slurm_entry
 from ltxq.errors import LtxqError
-from ltxq.slurm import JobState
+from ltxq.executors.slurm.client import JobState
 from ltxq.spool import State
 from conftest import REPO
-from test_slurm_entry import FAKE, Claimed
+from test_slurm_node import FAKE, Claimed
 
 
 # --- without a cluster -------------------------------------------------------------------------
@@ -157,7 +158,7 @@ def test_trivial_job_completes(jobs, tmp_path: Path) -> None:
     # Finished jobs stay known for MinJobAge; 'gone' is also a correct answer after that.
     assert state in (JobState.COMPLETED, "gone")
     assert out.read_text() == f"hello from {job_id} passed\n"
-    assert slurm.jobs_named("ltxq-test-trivial").get(job_id) in (JobState.COMPLETED, None)
+    assert slurm.job_states([job_id]).get(job_id) in (JobState.COMPLETED, None)
 
 
 def test_held_job_waits_for_release(jobs, tmp_path: Path) -> None:
@@ -192,19 +193,6 @@ def test_cancel_a_sleeping_job(jobs) -> None:
     slurm.cancel(job_id)                      # cancelling a finished job is not an error
     assert slurm.job_state("987654321") is None
     slurm.cancel("987654321")                 # nor is cancelling one Slurm never knew
-
-
-def test_requeue_restarts_the_same_job_id(jobs, tmp_path: Path) -> None:
-    runs = tmp_path / "runs"
-    job_id = slurm.submit_batch(f"#!/bin/sh\necho run >> {runs}\nsleep 300\n",
-                                name="ltxq-test-requeue", output=Path("/dev/null"), signal=None)
-    jobs.append(job_id)
-    wait_for("the first run", lambda: runs.exists() and runs.read_text().count("run") == 1)
-    slurm.requeue(job_id)
-    # Without lifting the begin time this would take cred_expire (+ a scheduler pass).
-    wait_for("the second run", lambda: runs.read_text().count("run") == 2, limit_s=30)
-    assert slurm.job_state(job_id) == JobState.RUNNING
-    assert slurm.job_info(job_id)["Restarts"] == "1"
 
 
 def test_entry_through_slurm_leaves_an_unclaimed_job_alone(jobs, tmp_path: Path) -> None:
@@ -251,7 +239,8 @@ def test_time_limit_signal_stops_the_job_at_a_checkpoint(jobs, tmp_path: Path) -
         assert f"Slurm job {job_id} stopped at step {doc['step']}/100000 (SIGUSR1)" in log
         entry = c.job()
         assert entry.state is State.RUNNING            # moving it is the daemon's part
-        assert entry.job.meta.checkpoint == doc["checkpoint"]
+        assert entry.job.meta.checkpoint is None       # the node never writes the job file
+        assert f"checkpoint step {doc['step']}: {doc['checkpoint']}" in log
         assert entry.job.meta.slurm_job_id == job_id
         # Exit 3 reads FAILED to Slurm; TIMEOUT would mean the signal came too late.
         assert state in (JobState.FAILED, "gone")
@@ -277,6 +266,7 @@ def test_admin_scancel_gives_the_entry_sigterm_and_a_checkpoint(jobs, tmp_path: 
         doc = wait_for("the result line", lambda: slurm_entry.parse_result_line(out.read_text()))
         assert doc["exit"] == slurm_entry.EXIT_STOPPED and doc["outcome"] == "stopped"
         assert "SIGTERM on the Slurm node: stopping at a checkpoint" in c.log()
-        assert c.job().job.meta.checkpoint == doc["checkpoint"]
+        assert f"checkpoint step {doc['step']}: {doc['checkpoint']}" in c.log()
+        assert c.job().job.meta.checkpoint is None     # recorded by the daemon, not the node
     finally:
         c.release()

@@ -17,7 +17,7 @@ import pytest
 import tomli_w
 from conftest import FAKE, Env, wait_for
 
-from ltxq import slurm
+from ltxq.executors.slurm import client as slurm
 from ltxq.spool import Spool, State
 from test_slurm import cluster  # noqa: F401 - the fixture: skip (saying why) without a cluster
 
@@ -53,7 +53,7 @@ def _slurm_id(e: Env, job_id: int) -> str | None:
 
 def _entry_pid(spool: Path, job_id: int) -> int | None:
     """The pid of the entry running job JOB_ID on the (local) node, if any."""
-    needle = f"ltxq.slurm_entry --spool {spool} --job {job_id}"
+    needle = f"ltxq.executors.slurm.node --spool {spool} --job {job_id}"
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()

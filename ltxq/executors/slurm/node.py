@@ -1,22 +1,22 @@
 """What runs on a Slurm compute node: one ltxq job that a daemon already claimed.
 
-    python -m ltxq.slurm_entry --spool DIR --job ID [--trainer MODULE:FUNCTION] [--device DEV]
+    python -m ltxq.executors.slurm.node --spool DIR --job ID [--trainer MODULE:FUNCTION]
+        [--device DEV]
 
 The daemon with `--executor slurm` claims a job and keeps its lock (the job stays in running/,
 its Slurm id in [job].slurm_job_id), then submits `batch_script(...)`, which `exec`s this module
 so that this process is Slurm's batch shell and gets `--signal=B:USR1@N` itself. Here the job
-trains in this process through the daemon's own `JobRun` (same log lines, same cancel check,
-checkpoint and sample recorded in the running file), and Slurm's warnings (SIGUSR1 ahead of the
-time limit, SIGTERM on preemption or scancel) become should_stop(): the trainer saves a
-checkpoint and returns STOPPED.
+trains in this process through the daemon's own `JobRun` (same log lines, same cancel check),
+and Slurm's warnings (SIGUSR1 ahead of the time limit, SIGTERM on preemption or scancel) become
+should_stop(): the trainer saves a checkpoint and returns STOPPED.
 
-This process never moves the job: the lock holder (the daemon) does, after the Slurm job ends,
-reading how it ended from any of:
-- the exit status (scontrol's ExitCode while Slurm remembers the job): EXIT_* below;
-- the last stdout line (the --output file): `ltxq-result {json}` with the TrainResult;
-- the job log, as for a job the daemon runs itself.
-The daemon must re-read running/<id>.toml before it finishes the job: this process updates
-[job].checkpoint / step / validation_sample there. Nothing heavy is imported at module level.
+This process never writes the job file (the lock holder, the daemon, owns it: a write from here
+could re-create a job that was moved meanwhile, or undo the daemon's own changes). It reports
+through the job log (progress, "checkpoint step N: PATH", "sample step N: PATH") and a last
+stdout line, `ltxq-result {json}`, in the --output file; the daemon reads both once the Slurm
+job has ended, and records step, checkpoint and sample as it settles the job. The exit status
+(scontrol's ExitCode while Slurm remembers the job) is one of EXIT_* below. Nothing heavy is
+imported at module level.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from types import FrameType
 from typing import Any
 
 from ltxq.errors import JobNotFound, LtxqError
-from ltxq.jobrun import JobRun
+from ltxq.executors.jobrun import JobRun, checkpoint_line, sample_line
+from ltxq.executors.local import one_line, resolve_trainer
 from ltxq.run import Outcome, TrainResult
 from ltxq.spool import Claim, Spool, State
 
@@ -80,8 +81,9 @@ class StopFlag:
         return self._event.is_set()
 
 
-class EntryRun(JobRun):
-    """The daemon's Run, plus Slurm's signals, and a stop once the job leaves running/."""
+class NodeRun(JobRun):
+    """The daemon's Run, plus Slurm's signals and a stop once the job leaves running/; it
+    records nothing in the job file (the daemon does, from the log and the result line)."""
 
     def __init__(self, spool: Spool, claim: Claim, device: str | None, stop: StopFlag):
         super().__init__(spool, claim, device, self._slurm_stop)
@@ -98,18 +100,12 @@ class EntryRun(JobRun):
         return self._stop.is_set()
 
     def checkpoint_saved(self, path: Path, step: int) -> None:
-        """Log the checkpoint; record it in [job] only while the job is still ours."""
-        if self._claim.entry.path.exists():
-            super().checkpoint_saved(path, step)
-        else:
-            self.log(f"checkpoint step {step}: {path}")
+        """Log the checkpoint; the daemon records it when it settles the job."""
+        self.log(checkpoint_line(path, step))
 
     def sample_written(self, path: Path, step: int) -> None:
-        """Log the validation video; record it in [job] only while the job is still ours."""
-        if self._claim.entry.path.exists():
-            super().sample_written(path, step)
-        else:
-            self.log(f"sample step {step}: {path}")
+        """Log the validation video; the daemon records it when it settles the job."""
+        self.log(sample_line(path, step))
 
 
 def run_job(spool: Spool, job_id: int, stop: StopFlag, *, trainer: Trainer | str | None = None,
@@ -132,11 +128,11 @@ def run_job(spool: Spool, job_id: int, stop: StopFlag, *, trainer: Trainer | str
         # A Slurm job its daemon gave up on (and resubmitted) must not train the job twice.
         return EXIT_NOT_OURS, None, f"job {job_id} belongs to Slurm job {theirs}, not {ours}"
     # The lock is not taken here: the daemon that submitted this Slurm job holds it.
-    run = EntryRun(spool, Claim(entry, spool.lock(job_id)), device, stop)
+    run = NodeRun(spool, Claim(entry, spool.lock(job_id)), device, stop)
     run.log(f"Slurm job {ours or '-'} started on {socket.gethostname()}:{os.getpid()} "
             f"(device {device or 'auto'}); output {run.output_dir}")
     try:
-        train = trainer if callable(trainer) else _resolve(trainer)
+        train = trainer if callable(trainer) else resolve_trainer(trainer)
     except LtxqError as e:
         run.log(f"{e}; the daemon requeues it")
         return EXIT_NO_TRAINER, None, str(e)
@@ -154,14 +150,6 @@ def run_job(spool: Spool, job_id: int, stop: StopFlag, *, trainer: Trainer | str
     run.log(f"Slurm job {ours or '-'} stopped at step {result.step}/{result.total_steps}"
             f" ({stop.reason or 'cancel requested'})")
     return EXIT_STOPPED, result, None
-
-
-def one_line(e: BaseException) -> str:
-    """The error line a user sees: ltxq's own messages as is, others with their type."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    if isinstance(e, LtxqError):
-        return text or type(e).__name__
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def result_line(status: int, result: TrainResult | None, error: str | None) -> str:
@@ -190,7 +178,7 @@ def batch_script(spool: Path, job_id: int, *, python: Path | None = None,
                  trainer: str | None = None, device: str | None = None,
                  workdir: Path | None = None) -> str:
     """Return the sbatch script that runs job JOB_ID of SPOOL on the compute node."""
-    argv = [str(python or sys.executable), "-m", "ltxq.slurm_entry",
+    argv = [str(python or sys.executable), "-m", "ltxq.executors.slurm.node",
             "--spool", str(Path(spool).absolute()), "--job", str(job_id)]
     if trainer:
         argv += ["--trainer", trainer]
@@ -207,7 +195,7 @@ def batch_script(spool: Path, job_id: int, *, python: Path | None = None,
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one claimed job on this node; return the exit status (EXIT_*)."""
     parser = argparse.ArgumentParser(
-        prog="python -m ltxq.slurm_entry",
+        prog="python -m ltxq.executors.slurm.node",
         description="Run one claimed ltxq job on a Slurm compute node (started by the daemon).")
     parser.add_argument("--spool", type=Path, required=True, help="the shared spool folder")
     parser.add_argument("--job", type=int, required=True, help="the ltxq job id")
@@ -229,11 +217,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ltxq: job {args.job}: {error}", file=sys.stderr)
     print(result_line(status, result, error), flush=True)
     return status
-
-
-def _resolve(spec: str | None) -> Trainer:
-    from ltxq.daemon import resolve_trainer  # the daemon's rules: $LTXQ_TRAINER, module:function
-    return resolve_trainer(spec)
 
 
 def _str(path: Path | None) -> str | None:

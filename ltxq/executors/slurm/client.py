@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -174,11 +173,6 @@ def job_states(job_ids: Sequence[str | int]) -> dict[str, JobState]:
     return _id_states(out)
 
 
-def jobs_named(name: str) -> dict[str, JobState]:
-    """Return {job id: state} of every job Slurm still knows with this exact job name."""
-    return _id_states(_run(["squeue", "-h", "-t", "all", "--name", name, "-o", "%i %T"]))
-
-
 def _id_states(out: str) -> dict[str, JobState]:
     """Parse squeue's "%i %T" lines."""
     found: dict[str, JobState] = {}
@@ -210,26 +204,6 @@ def release(job_id: str | int) -> None:
     _run(["scontrol", "release", str(job_id)])
 
 
-def requeue(job_id: str | int, *, settle_s: float = 15.0) -> None:
-    """Put JOB_ID back into Slurm's queue under the same id and let it start again within seconds."""
-    _run(["scontrol", "requeue", str(job_id)])
-    # A requeued job is COMPLETING until its processes are gone, then PENDING with a begin time
-    # `cred_expire` seconds ahead (120 s by default): slurmd refuses ("Job credential revoked")
-    # a restart whose credential is not newer, in whole seconds, than the revocation. So the
-    # begin time is moved to 2 s from now, and only once the job is PENDING (earlier, Slurm
-    # overwrites it). Not getting there only delays the restart, so it is not an error.
-    deadline = time.monotonic() + settle_s
-    while time.monotonic() < deadline:
-        info = job_info(job_id)
-        if info is None or parse_state(info.get("JobState", "")) != JobState.RUNNING:
-            break
-        time.sleep(0.1)
-    try:
-        _run(["scontrol", "update", f"JobId={job_id}", "StartTime=now+2"])
-    except LtxqError:
-        pass
-
-
 def parse_fields(line: str) -> dict[str, str]:
     """Split one `scontrol -o` line of Key=Value pairs (values may contain spaces)."""
     fields: dict[str, str] = {}
@@ -249,7 +223,7 @@ def _run(args: list[str], *, input: str | None = None, env: Mapping[str, str] | 
     """Run one Slurm command and return its stdout; raise LtxqError with one line on failure."""
     tool = args[0]
     try:
-        proc = subprocess.run(args, input=input, capture_output=True, text=True,
+        proc = subprocess.run(args, input=input, capture_output=True, text=True, check=False,
                               timeout=timeout, env=dict(env) if env is not None else None)
     except FileNotFoundError:
         raise LtxqError(f"{tool} not found: is Slurm installed and on PATH?") from None

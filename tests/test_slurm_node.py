@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO, wait_for, write_config
 
-from ltxq import slurm_entry
+from ltxq.executors.slurm import node as slurm_entry
 from ltxq.errors import TrainingError
 from ltxq.run import Outcome, TrainResult
-from ltxq.slurm_entry import (EXIT_COMPLETED, EXIT_FAILED, EXIT_NO_TRAINER, EXIT_NOT_OURS,
+from ltxq.executors.slurm.node import (EXIT_COMPLETED, EXIT_FAILED, EXIT_NO_TRAINER, EXIT_NOT_OURS,
                               EXIT_STOPPED, EXIT_USAGE, StopFlag)
 from ltxq.spool import Claim, Spool, State
 
@@ -38,8 +38,9 @@ class Claimed:
         config = write_config(root / "job.toml", dataset=self.dataset, steps=steps,
                               interval=interval, extra=f'[output]\nroot = "{root / "out"}"\n')
         self.spool = Spool(root / "spool")
+        self.spool.create()
         self.id = self.spool.submit(config)
-        claim = self.spool.claim(f"test:{os.getpid()}")
+        claim = self.spool.claim(f"test:{os.getpid()}").claim
         assert claim is not None and claim.id == self.id
         if slurm_job_id:
             self.spool.update(claim, slurm_job_id=slurm_job_id)
@@ -78,8 +79,9 @@ def restore_signals():
         signal.signal(sig, handler)
 
 
-def test_completed_job_records_and_logs_but_does_not_move(claimed) -> None:
+def test_completed_job_is_logged_and_its_file_never_written(claimed) -> None:
     c = claimed()
+    before = c.claim.entry.path.read_bytes()
     status, result, error = slurm_entry.run_job(c.spool, c.id, StopFlag(), trainer=FAKE)
     assert (status, error) == (EXIT_COMPLETED, None)
     assert result is not None and result.outcome == Outcome.COMPLETED and result.step == 20
@@ -87,10 +89,11 @@ def test_completed_job_records_and_logs_but_does_not_move(claimed) -> None:
         "pytorch_lora_weights.safetensors"
     log = c.log()
     assert "step 20/20 loss" in log and "completed at step 20/20" in log
+    assert f"checkpoint step 20: {result.checkpoint}" in log
     entry = c.job()
-    # The lock holder moves the job; this process only records what happened in running/.
+    # The lock holder moves and writes the job; this process only reports, through the log.
     assert entry.state is State.RUNNING
-    assert entry.job.meta.checkpoint == str(result.checkpoint) and entry.job.meta.step == 20
+    assert c.claim.entry.path.read_bytes() == before
 
 
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
@@ -116,7 +119,7 @@ def test_slurm_signal_becomes_should_stop(claimed, restore_signals, sig: signal.
     log = c.log()
     assert f"{sig.name} on the Slurm node: stopping at a checkpoint" in log
     assert f"stopped at step 3/99 ({sig.name})" in log
-    assert c.job().job.meta.checkpoint.endswith("step_00003")
+    assert "checkpoint step 3: " in log and c.job().job.meta.checkpoint is None
 
 
 def test_cancel_request_stops_the_job(claimed) -> None:
@@ -195,7 +198,7 @@ def test_job_of_another_slurm_job_is_left_alone(claimed, monkeypatch) -> None:
     monkeypatch.setenv("SLURM_JOB_ID", "41")
     status, _, _ = slurm_entry.run_job(c.spool, c.id, StopFlag(), trainer=FAKE)
     assert status == EXIT_COMPLETED
-    assert c.job().job.meta.slurm_job_id == "41"   # the entry's own updates keep it
+    assert c.job().job.meta.slurm_job_id == "41"
     assert "Slurm job 41 started on" in c.log()
 
 
@@ -223,7 +226,7 @@ def test_batch_script_execs_the_entry(tmp_path: Path) -> None:
                                     trainer=FAKE, workdir=tmp_path)
     assert text.startswith("#!/bin/sh\n")
     assert text.strip().splitlines()[-1] == (
-        f"exec /venv/bin/python -m ltxq.slurm_entry --spool '{tmp_path / 'my spool'}' "
+        f"exec /venv/bin/python -m ltxq.executors.slurm.node --spool '{tmp_path / 'my spool'}' "
         f"--job 12 --trainer {FAKE}")
 
 
@@ -231,7 +234,7 @@ def test_entry_process_stops_on_sigusr1_and_prints_result(claimed) -> None:
     """A real process: SIGUSR1 (what --signal=B:USR1@N sends) -> checkpoint -> exit 3."""
     c = claimed(steps=100000, interval=0, slow=0.01)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-m", "ltxq.slurm_entry", "--spool", str(c.spool.path),
+    proc = subprocess.Popen([sys.executable, "-m", "ltxq.executors.slurm.node", "--spool", str(c.spool.path),
                              "--job", str(c.id), "--trainer", FAKE],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -249,7 +252,7 @@ def test_entry_process_stops_on_sigusr1_and_prints_result(claimed) -> None:
 
 
 def test_entry_bad_arguments_exit_2(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "ltxq.slurm_entry", "--spool", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "ltxq.executors.slurm.node", "--spool", str(tmp_path)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == EXIT_USAGE
     assert "--job" in proc.stderr
@@ -257,7 +260,7 @@ def test_entry_bad_arguments_exit_2(tmp_path: Path) -> None:
 
 def test_entry_without_a_spool_exits_2_and_creates_nothing(tmp_path: Path) -> None:
     missing = tmp_path / "not-mounted"
-    proc = subprocess.run([sys.executable, "-m", "ltxq.slurm_entry", "--spool", str(missing),
+    proc = subprocess.run([sys.executable, "-m", "ltxq.executors.slurm.node", "--spool", str(missing),
                            "--job", "1"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == EXIT_USAGE
     assert f"no spool at {missing}" in proc.stderr
@@ -266,9 +269,61 @@ def test_entry_without_a_spool_exits_2_and_creates_nothing(tmp_path: Path) -> No
 
 
 def test_entry_modules_import_nothing_heavy() -> None:
-    code = ("import sys, ltxq.slurm_entry, ltxq.slurm, ltxq.daemon; "
+    code = ("import sys, ltxq.executors.slurm.node, ltxq.executors.slurm.executor, ltxq.daemon; "
             "heavy = [m for m in ('torch', 'diffusers', 'peft', 'transformers', 'accelerate') "
             "if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _node(c: Claimed) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.Popen([sys.executable, "-m", "ltxq.executors.slurm.node", "--spool",
+                             str(c.spool.path), "--job", str(c.id), "--trainer", FAKE],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _folders(c: Claimed) -> list[str]:
+    return [st.value for st in State if (c.spool.dir(st) / c.claim.entry.path.name).exists()]
+
+
+def test_node_never_rewrites_the_job_its_daemon_changed(claimed) -> None:
+    """A daemon adopting the job rewrites [job].worker; the node's checkpoints must not revert
+    it (they used to write the node's stale copy of the whole file)."""
+    c = claimed(steps=100000, interval=1, slow=0.02)
+    proc = _node(c)
+    try:
+        wait_for(lambda: c.log().count("checkpoint step") >= 2, what="checkpoints")
+        c.spool.update(c.claim, worker="adopter:1")    # what an adopting daemon writes
+        written = c.claim.entry.path.read_bytes()
+        seen = c.log().count("checkpoint step")
+        wait_for(lambda: c.log().count("checkpoint step") >= seen + 5, what="more checkpoints")
+        assert c.claim.entry.path.read_bytes() == written
+        assert c.job().job.meta.worker == "adopter:1"
+        proc.send_signal(signal.SIGUSR1)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == EXIT_STOPPED
+    assert c.claim.entry.path.read_bytes() == written
+
+
+def test_node_never_recreates_a_job_moved_meanwhile(claimed) -> None:
+    """The daemon moves the job out of running/ while the node saves checkpoints as fast as it
+    can: the job stays in exactly one folder (a write from the node used to re-create it)."""
+    c = claimed(steps=100000, interval=1, slow=0.001)
+    proc = _node(c)
+    try:
+        wait_for(lambda: c.log().count("checkpoint step") >= 3, what="checkpoints")
+        c.spool.finish(c.claim, State.PENDING)        # requeued by its daemon, lock released
+        for _ in range(50):
+            assert _folders(c) == ["pending"]
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == EXIT_STOPPED, err
+    assert "job left running/ on the Slurm node" in c.log()
+    assert _folders(c) == ["pending"]
