@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from ltxq.executors.jobrun import lock_file_replaced
 from ltxq.fsutil import Lock, write_atomic
 from ltxq.job import now
 from ltxq.progress import last_progress
@@ -39,7 +40,13 @@ class Registration:
     def update(self, **changes: Any) -> None:
         """Change fields of the info file (e.g. job=7)."""
         self._info.update(changes)
-        write_atomic(self._info_path, json.dumps(self._info) + "\n", self.spool.dir("tmp"))
+        if lock_file_replaced(self._lock):
+            # locks/ was emptied by hand: take a lock on the new file, or `workers` and
+            # recovery would see this live daemon as gone.
+            self._info_path.parent.mkdir(exist_ok=True)
+            self._lock.release()
+            self._lock.acquire(timeout=5)
+        write_atomic(self._info_path, json.dumps(self._info) + "\n", self.spool.tmp_dir())
 
     def stop(self) -> None:
         """Remove the info file, then release and remove the lock."""

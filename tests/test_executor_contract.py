@@ -131,7 +131,7 @@ def test_every_executor_settles_each_ending_alike(harness: Harness, case: Case) 
     else:
         if case.act is not None:
             (env.dataset / "SLOW").write_text("0.05")
-        env.config(steps=4000 if case.act else 3, interval=5)
+        env.config(steps=4000 if case.act else 3, interval=5 if case.act else 0)
     job_id = env.submit("job.toml")
     daemon = harness.daemon()
     if case.act is not None:
