@@ -100,8 +100,8 @@ class LoraConfig:
     rank: int = _doc("LoRA rank.", 32, min=1, max=1024)
     alpha: float | None = _doc("LoRA alpha; defaults to the rank (scale 1).", None, min=0.0)
     dropout: float = _doc("Dropout on the LoRA path.", 0.0, min=0.0, max=0.99)
-    target_modules: list[str] = _doc("Attention projections that get adapters.",
-                                     list(TARGET_MODULES))
+    target_modules: list[str] = _doc(  # noqa: RUF009 - a field() with a default_factory
+        "Attention projections that get adapters.", list(TARGET_MODULES))
 
     @property
     def effective_alpha(self) -> float:
@@ -133,7 +133,8 @@ class OptimizationConfig:
 
 @dataclass(frozen=True)
 class ValidationConfig:
-    prompts: list[str] = _doc("Prompts rendered to validation videos; empty disables.", [])
+    prompts: list[str] = _doc(  # noqa: RUF009 - a field() with a default_factory
+        "Prompts rendered to validation videos; empty disables.", [])
     negative_prompt: str = _doc("Negative prompt of the validation sampler.",
                                 DEFAULT_NEGATIVE_PROMPT)
     interval: int = _doc("Steps between validation videos; 0 = only at the end. Unset, it is "
@@ -160,8 +161,9 @@ class CheckpointConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    root: str = _doc("Folder that holds lora_r{rank}_job{id}/; relative to the config file.",
-                     "outputs")
+    root: str = _doc("Folder that holds lora_r{rank}_job{id}/ (or lora_r{rank}_job{id}-2, "
+                     "-3... when another job's folder has that name); relative to the config "
+                     "file.", "outputs")
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,7 @@ class ResourcesConfig:
     gpus: int | None = _doc("GPUs per Slurm job (default: the daemon's --gpus; at least "
                             "processes when > 0).", None, min=0)
     time_limit: str | None = _doc("Slurm time limit, e.g. 04:00:00.", None)
-    sbatch_args: list[str] = _doc("Extra sbatch arguments.", [])
+    sbatch_args: list[str] = _doc("Extra sbatch arguments.", [])  # noqa: RUF009 - as above
 
 
 @dataclass(frozen=True)
@@ -347,7 +349,7 @@ def _type_checker(hint: Any) -> _Check:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
-        inner = _type_checker([o for o in options if o is not type(None)][0])
+        inner = _type_checker(next(o for o in options if o is not type(None)))
         if type(None) not in options:
             return inner
         return lambda value, key: None if value is None else inner(value, key)

@@ -6,6 +6,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
+from typing import Self
 
 import filelock
 
@@ -173,7 +174,7 @@ class Lock:
     def held(self) -> bool:
         return self._lock.is_locked
 
-    def __enter__(self) -> Lock:
+    def __enter__(self) -> Self:
         self.acquire()
         return self
 

@@ -13,7 +13,7 @@ import json
 import re
 import tomllib
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +189,7 @@ def parse_meta(table: Any) -> JobMeta:
         if check is None:  # a date-time
             if not isinstance(value, datetime):
                 raise ConfigError(f"must be a date-time, got {_show(value)}", key=f"job.{key}")
-            values[key] = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+            values[key] = value if value.tzinfo else value.replace(tzinfo=UTC)
             continue
         values[key] = check(value, f"job.{key}")
     return JobMeta(**values)
@@ -271,4 +271,4 @@ def _plain_copy(value: Any) -> Any:
 
 def now() -> datetime:
     """The current time, UTC, to the second (what job files record)."""
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.now(UTC).replace(microsecond=0)

@@ -34,6 +34,7 @@ class Run(Protocol):
     """What the trainer may ask of whoever runs it."""
 
     job_id: int | None          # None for `ltxq train`
+    job_key: str | None         # the job's unique [job].key; None for `ltxq train` (no check)
     output_dir: Path            # where every output of this run goes
     device: str | None          # "cuda:1", "cpu", or None = best available
 

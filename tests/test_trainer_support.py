@@ -23,6 +23,7 @@ class RecordingRun:
 
     def __init__(self, output_dir: Path, stop_at: int | None = None) -> None:
         self.job_id = None
+        self.job_key: str | None = None
         self.output_dir = output_dir
         self.device = "cpu"
         self.stop_at = stop_at

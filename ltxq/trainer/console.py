@@ -18,6 +18,7 @@ class ConsoleRun:
 
     def __init__(self, output_dir: Path, device: str | None, total: int) -> None:
         self.job_id = None
+        self.job_key = None  # `ltxq train` is no queue job: its folder is not checked
         self.output_dir = Path(output_dir)
         self.device = device
         self.stop_requested = threading.Event()

@@ -35,6 +35,7 @@ class RankRun:
     def __init__(self, control: Control, rank: int, output_dir: Path, device: str,
                  job_id: int | None) -> None:
         self.job_id = job_id
+        self.job_key = None  # the owner process took the folder before starting the ranks
         self.output_dir = output_dir
         self.device = device
         self.rank = rank
@@ -99,7 +100,7 @@ def main(argv: list[str]) -> int:
     except TrainingError as e:
         _write_status(control, rank, "training_error", message=str(e))
         return 1
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - a bug: recorded for the owner, traceback in the log
         traceback.print_exc()
         _write_status(control, rank, "error", message=f"{type(e).__name__}: {e}")
         return 1
