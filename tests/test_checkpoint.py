@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 
+from ltxq.errors import TrainingError
 from ltxq.trainer import checkpoint as ckpt
 
 
@@ -79,3 +82,58 @@ def test_no_checkpoints(tmp_path: Path) -> None:
     assert ckpt.latest(tmp_path / "missing") is None
     (tmp_path / "step_notanumber").mkdir()
     assert ckpt.latest(tmp_path) is None
+
+
+# --- a full disk ------------------------------------------------------------------------------
+
+# What torch.save and safetensors raised when a real (tmpfs) disk filled up.
+TORCH_FULL = "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"
+TORCH_FULL_AT_OPEN = "basic_ios::clear: iostream error"
+SAFETENSORS_FULL = "Error while serializing: I/O error: No space left on device (os error 28)"
+
+
+def _full_disk(error: BaseException):
+    def save(*args: object, **kwargs: object) -> None:
+        raise error
+    return save
+
+
+@pytest.mark.parametrize(("writer", "error"), [
+    ("torch", OSError(errno.ENOSPC, "No space left on device")),
+    ("torch", RuntimeError(TORCH_FULL)),
+    ("torch", RuntimeError(TORCH_FULL_AT_OPEN)),
+    ("safetensors", SafetensorError(SAFETENSORS_FULL)),
+])
+def test_a_full_disk_names_the_step_kept_and_leaves_no_half_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writer: str,
+        error: BaseException) -> None:
+    _save(tmp_path, 4, keep_last=1)
+    if writer == "torch":
+        monkeypatch.setattr(ckpt.torch, "save", _full_disk(error))
+    else:
+        monkeypatch.setattr(ckpt, "save_file", _full_disk(error))
+    with pytest.raises(TrainingError) as info:
+        _save(tmp_path, 8, keep_last=1)
+    assert str(info.value) == ("no space left on device (checkpoint step 8 not written; "
+                               "step 4 kept)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00004"]  # not pruned either
+    assert ckpt.latest(tmp_path).step == 4
+
+
+def test_a_full_disk_before_any_checkpoint(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ckpt, "save_file", _full_disk(OSError(errno.EDQUOT, "quota")))
+    with pytest.raises(TrainingError, match=r"^disk quota exceeded \(checkpoint step 2 not "
+                                            r"written; no checkpoint kept\)$"):
+        _save(tmp_path, 2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_other_errors_pass_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ckpt.torch, "save", _full_disk(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        _save(tmp_path, 2)
+    monkeypatch.setattr(ckpt.torch, "save", _full_disk(OSError(errno.EIO, "I/O error")))
+    with pytest.raises(OSError, match="I/O error"):
+        _save(tmp_path, 2)
+    assert list(tmp_path.iterdir()) == []

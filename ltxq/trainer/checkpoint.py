@@ -9,6 +9,7 @@ nothing in a checkpoint can run code when loaded.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -20,6 +21,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from ltxq.errors import TrainingError
 
 LORA_FILE = "lora.safetensors"
 STATE_FILE = "training_state.pt"
@@ -77,29 +80,64 @@ def latest(root: Path) -> Checkpoint | None:
 
 def save(root: Path, step: int, lora: dict[str, torch.Tensor], state: dict[str, Any],
          meta: dict[str, Any], keep_last: int) -> Checkpoint:
-    """Publish checkpoint STEP under ROOT atomically, then keep only the newest KEEP_LAST."""
+    """Publish checkpoint STEP under ROOT atomically, then keep only the newest KEEP_LAST.
+
+    A full disk raises TrainingError naming the step not written and the step kept; the
+    half-written folder is removed and no older checkpoint is pruned.
+    """
     root.mkdir(parents=True, exist_ok=True)
     final = root / folder_name(step)
     if final.is_dir() and not _complete(final):
         shutil.rmtree(final)  # not ours (a cut-short copy): replace it
     if not final.is_dir():
         tmp = root / f".tmp-{folder_name(step)}-{secrets.token_hex(4)}"
-        tmp.mkdir()
         try:
-            save_file(lora, tmp / LORA_FILE)
-            torch.save(state, tmp / STATE_FILE)
-            (tmp / META_FILE).write_text(json.dumps({"format": FORMAT, "step": step, **meta},
-                                                    indent=2, sort_keys=True) + "\n")
-            for name in FILES:
-                _fsync(tmp / name)
-            _fsync(tmp)
+            tmp.mkdir()
+            _write(tmp, step, lora, state, meta)
             os.rename(tmp, final)
-        except BaseException:
+        except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            reason = _disk_full(e)
+            if reason is None:
+                raise
+            kept = latest(root)
+            kept_text = f"step {kept.step} kept" if kept else "no checkpoint kept"
+            raise TrainingError(f"{reason} (checkpoint step {step} not written; {kept_text})"
+                                ) from e
         _fsync(root)
     prune(root, keep_last)
     return Checkpoint(final, step)
+
+
+def _write(folder: Path, step: int, lora: dict[str, torch.Tensor], state: dict[str, Any],
+           meta: dict[str, Any]) -> None:
+    """Write the checkpoint files into FOLDER and fsync them and it."""
+    save_file(lora, folder / LORA_FILE)
+    torch.save(state, folder / STATE_FILE)
+    (folder / META_FILE).write_text(json.dumps({"format": FORMAT, "step": step, **meta},
+                                               indent=2, sort_keys=True) + "\n")
+    for name in FILES:
+        _fsync(folder / name)
+    _fsync(folder)
+
+
+# How a full disk shows when torch.save writes (its zip writer checks each write's position,
+# or the stream fails at open) and when safetensors does (the OS error in words).
+_FULL_DISK_TEXTS = {"unexpected pos": "no space left on device",
+                    "iostream error": "no space left on device",
+                    "No space left on device": "no space left on device",
+                    "Disk quota exceeded": "disk quota exceeded"}
+
+
+def _disk_full(e: BaseException) -> str | None:
+    """Return "no space left on device" (or the quota's words) if E says so, else None."""
+    if isinstance(e, OSError):
+        return {errno.ENOSPC: "no space left on device",
+                errno.EDQUOT: "disk quota exceeded"}.get(e.errno or 0)
+    if isinstance(e, Exception):  # RuntimeError from torch, SafetensorError
+        text = str(e)
+        return next((why for t, why in _FULL_DISK_TEXTS.items() if t in text), None)
+    return None
 
 
 def prune(root: Path, keep_last: int) -> None:
