@@ -8,12 +8,19 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from conftest import write_config
+
 from ltxq import fsutil
 from ltxq.errors import ConfigError, NotRegularFile
-from ltxq.job import (MAX_NAME_LENGTH, MAX_TOML_NESTING, check_name, dump_job, job_from_dict,
-                      load_toml, parse_job)
+from ltxq.job import (
+    MAX_NAME_LENGTH,
+    MAX_TOML_NESTING,
+    check_name,
+    dump_job,
+    job_from_dict,
+    load_toml,
+    parse_job,
+)
 
 DATA = {"data": {"dataset": "/clips", "resolution": "64x64x9"},
         "validation": {"video": "64x64x9"}}

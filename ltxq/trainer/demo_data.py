@@ -58,8 +58,8 @@ def _render_clip(rng, shape: str, rgb: tuple[int, int, int], step: tuple[int, in
     yy, xx = np.mgrid[0:height, 0:width]
     video = np.empty((frames, height, width, 3), dtype=np.uint8)
     for f in range(frames):
-        x = int(round(min(max(x0 + step[0] * speed * f, 0), span_x)))
-        y = int(round(min(max(y0 + step[1] * speed * f, 0), span_y)))
+        x = round(min(max(x0 + step[0] * speed * f, 0), span_x))
+        y = round(min(max(y0 + step[1] * speed * f, 0), span_y))
         frame = video[f]
         frame[:] = BACKGROUND
         if shape == "circle":

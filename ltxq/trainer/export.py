@@ -45,7 +45,7 @@ def save_comfy_copy(lora_file: Path) -> Path:
     tensors = {}
     with safe_open(str(lora_file), framework="pt") as f:
         metadata = f.metadata() or {}
-        for key in f.keys():
+        for key in f.keys():  # noqa: SIM118 - a safe_open handle, not a dict
             new = "diffusion_model." + key[len("transformer."):] if key.startswith(
                 "transformer.") else key
             tensors[new] = f.get_tensor(key)

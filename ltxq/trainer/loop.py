@@ -32,11 +32,16 @@ from ltxq.errors import TrainingError
 from ltxq.run import Outcome, Run, TrainResult
 from ltxq.trainer import checkpoint as ckpt
 from ltxq.trainer import export, library_output, warm
-from ltxq.trainer.device import make_accelerator, resolve_device, resolve_precision, weight_dtype
+from ltxq.trainer.device import (
+    make_accelerator,
+    resolve_device,
+    resolve_precision,
+    weight_dtype,
+)
 from ltxq.trainer.distributed import Ranks
 from ltxq.trainer.lora import (
-    add_lora,
     adapter_metadata,
+    add_lora,
     load_lora_state_dict,
     lora_state_dict,
     remove_lora,
@@ -328,13 +333,13 @@ class Trainer:
         try:
             meta = found.meta()
             if not isinstance(meta, dict):
-                raise ValueError("meta.json is not an object")
-        except Exception as e:  # noqa: BLE001 - unreadable in any way is damaged
+                raise TypeError("meta.json is not an object")
+        except Exception as e:  # unreadable in any way is damaged
             raise DamagedCheckpoint(f"{ckpt.META_FILE}: {type(e).__name__}: {e}") from e
         self.check_meta(found, meta)
         try:
             lora = found.lora()
-        except Exception as e:  # noqa: BLE001 - SafetensorError derives from Exception
+        except Exception as e:  # SafetensorError derives from Exception
             raise DamagedCheckpoint(f"{ckpt.LORA_FILE}: {type(e).__name__}: {e}") from e
         expected = lora_state_dict(self.components.transformer)
         bad = [k for k in expected if k not in lora or lora[k].shape != expected[k].shape]
@@ -347,7 +352,7 @@ class Trainer:
                 raise KeyError(f"missing {missing}")
             if int(state["step"]) != found.step:
                 raise ValueError(f"it says step {int(state['step'])}")
-        except Exception as e:  # noqa: BLE001 - a truncated zip, a bad pickle opcode, ...
+        except Exception as e:  # a truncated zip, a bad pickle opcode, ...
             raise DamagedCheckpoint(f"{ckpt.STATE_FILE}: {type(e).__name__}: {e}") from e
         return lora, state
 

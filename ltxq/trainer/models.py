@@ -29,7 +29,7 @@ TINY_MAX_SEQUENCE_LENGTH = 32
 # and transformer memory for nothing on typical captions.
 DEFAULT_MAX_SEQUENCE_LENGTH = 128
 _TINY_VOCAB_SIZE = 1000
-_TINY_WORDS = (
+_TINY_WORDS = (  # noqa: SIM905 - a word list reads best as text
     "a an the of and with in on to is are over under at from into its this that "
     "red green blue yellow orange purple white black grey gray pink cyan magenta "
     "square circle triangle disc dot bar shape shapes ball box stripe "

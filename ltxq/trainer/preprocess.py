@@ -32,7 +32,12 @@ from safetensors.torch import load_file, save_file
 
 from ltxq.config import TINY_RANDOM, TrainingConfig, looks_like_local_path
 from ltxq.errors import LtxqError, TrainingError
-from ltxq.trainer.captions import CAPTION_FILES, load_caption_table, media_key, sidecar_caption
+from ltxq.trainer.captions import (
+    CAPTION_FILES,
+    load_caption_table,
+    media_key,
+    sidecar_caption,
+)
 from ltxq.trainer.media import MediaError, is_media, load_clip
 from ltxq.trainer.models import Components
 

@@ -66,8 +66,3 @@ def clear() -> None:
     with _lock:
         _cache.clear()
 
-
-def cached_keys() -> list[tuple[str, str | None, str, str]]:
-    """Return the keys of the cached components (for tests and `ltxq workers`)."""
-    with _lock:
-        return list(_cache)
