@@ -31,21 +31,28 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(dest: Path, data: str | bytes, tmp_dir: Path) -> None:
+def write_atomic(dest: Path, data: str | bytes, tmp_dir: Path, *, durable: bool = True) -> None:
     """Write DATA to DEST so that readers see the old file or the new one, never a torn one.
 
-    Staged in TMP_DIR (same filesystem), fsynced, renamed over DEST, then DEST's folder fsynced.
+    Staged in TMP_DIR (same filesystem; made again if someone deleted it), fsynced, renamed over
+    DEST, then DEST's folder fsynced. DURABLE=False skips both fsyncs (caches: a file torn by a
+    power cut is only a miss).
     """
     if isinstance(data, str):
         data = data.encode("utf-8")
-    fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=dest.name + ".", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=dest.name + ".", suffix=".tmp")
+    except FileNotFoundError:  # tmp/ is safe to delete at any time: make it again
+        os.makedirs(tmp_dir, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=dest.name + ".", suffix=".tmp")
     try:
         # mkstemp makes 0600; a shared spool wants what the umask allows.
         os.fchmod(fd, 0o666 & ~umask())
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         os.unlink(tmp)
@@ -56,7 +63,8 @@ def write_atomic(dest: Path, data: str | bytes, tmp_dir: Path) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
-    fsync_dir(dest.parent)
+    if durable:
+        fsync_dir(dest.parent)
 
 
 _KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "named pipe"), (stat.S_ISSOCK, "socket"),

@@ -45,6 +45,7 @@ class JobMeta:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     worker: str | None = None
+    worker_start: str | None = None  # the worker process's start (boot id:ticks): a 2nd witness
     device: str | None = None
     error: str | None = None
     output_dir: str | None = None
@@ -199,6 +200,7 @@ _META_TYPES: dict[str, Any] = {
     "id": int | None, "name": str, "priority": int, "max_attempts": int, "attempts": int,
     "after": list[int], "on_finish": str | None, "submitted_at": datetime,
     "started_at": datetime, "finished_at": datetime, "worker": str | None,
+    "worker_start": str | None,
     "device": str | None, "error": str | None, "output_dir": str | None,
     "checkpoint": str | None, "validation_sample": str | None, "step": int | None,
     "slurm_job_id": str | None, "key": str | None,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,8 +54,9 @@ class ClaimIndex:
         """Note that JOB was just published at PATH (best effort: a lost line is a miss)."""
         try:
             st = os.stat(path)
-            line = json.dumps([path.name, st.st_ino, st.st_mtime_ns, st.st_size,
-                               job.meta.priority, list(job.meta.after)]) + "\n"
+            after = ",".join(map(str, job.meta.after)) or "-"
+            line = (f"{path.name} {st.st_ino} {st.st_mtime_ns} {st.st_size} "
+                    f"{job.meta.priority} {after}\n")
             fd = os.open(self._tmp() / JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
             try:
                 os.write(fd, line.encode())
@@ -65,30 +65,32 @@ class ClaimIndex:
         except OSError:
             pass
 
-    def facts(self, names: list[str]) -> dict[str, Facts]:
-        """Return the facts of pending/NAME for each of NAMES that is still there."""
+    def facts(self, names: dict[str, int]) -> dict[str, Facts]:
+        """Return the facts of pending/NAME for each of NAMES (name -> id) still there."""
         self._load()
-        folder = self.spool.dir(State.PENDING)
-        now_ns = time.time_ns()
+        folder = os.fsencode(self.spool.dir(State.PENDING))
+        recent = time.time_ns() - int(RECENT_S * 1e9)
         out: dict[str, Facts] = {}
+        entries = self._entries
         for name in names:
             try:
-                st = os.stat(folder / name)
+                st = os.stat(folder + b"/" + name.encode())
             except FileNotFoundError:
                 continue
-            key = [st.st_ino, st.st_mtime_ns, st.st_size]
-            cached = self._entries.get(name)
-            if cached is not None and cached[:3] == key and (
-                    now_ns - st.st_mtime_ns) > RECENT_S * 1e9:
+            cached = entries.get(name)
+            if (cached is not None and cached[0] == st.st_ino and cached[1] == st.st_mtime_ns
+                    and cached[2] == st.st_size and st.st_mtime_ns < recent):
                 out[name] = Facts(cached[3], tuple(cached[4]))
                 continue
-            facts = _read_facts(folder / name)
+            facts = _read_facts(self.spool.dir(State.PENDING) / name)
             out[name] = facts
-            if (now_ns - st.st_mtime_ns) > RECENT_S * 1e9:
-                self._entries[name] = [*key, facts.priority, list(facts.after)]
+            if st.st_mtime_ns < recent:
+                entries[name] = [st.st_ino, st.st_mtime_ns, st.st_size, facts.priority,
+                                 list(facts.after)]
                 self._dirty = True
-        for gone in set(self._entries) - set(names):
-            del self._entries[gone]
+        if len(entries) > len(out):
+            for gone in set(entries) - set(out):
+                del entries[gone]
             self._dirty = True
         self._save()
         return out
@@ -118,13 +120,13 @@ class ClaimIndex:
             return
         try:
             for line in taken.read_text().splitlines():
-                try:
-                    name, *entry = json.loads(line)
+                try:  # NAME INODE MTIME_NS SIZE PRIORITY AFTER (comma-separated ids, or -)
+                    name, ino, mtime, size, priority, after = line.split(" ")
+                    self._entries[name] = [int(ino), int(mtime), int(size), int(priority),
+                                           [] if after == "-" else list(map(int, after.split(",")))]
                 except ValueError:
-                    continue
-                if _valid(entry):
-                    self._entries[str(name)] = entry
-                    self._dirty = True
+                    continue  # a torn line: that file is read instead
+                self._dirty = True
         except OSError:
             pass
         finally:
@@ -153,8 +155,9 @@ def _read_facts(path: Path) -> Facts:
     """Read priority and after from PATH without validating the rest (the claim will)."""
     try:
         from ltxq.fsutil import read_regular
+        from ltxq.job import load_toml
 
-        doc = tomllib.loads(read_regular(path)[1].decode("utf-8"))
+        doc = load_toml(read_regular(path)[1], file=path)
         meta = doc.get("job", {})
         priority = meta.get("priority", 0)
         after = meta.get("after", [])

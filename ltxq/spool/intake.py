@@ -322,9 +322,8 @@ class Intake(Store):
 
 def _free_output_dir(job: Job) -> Path:
     """Return JOB's output folder: the usual name unless another job's outputs are there."""
-    try:
-        from ltxq.outputs import pick_output_dir
-    except ImportError:  # pragma: no cover - the outputs module lands with this change
-        return job.output_dir()
+    from ltxq.outputs import pick_output_dir
+
+    assert job.meta.key is not None
     return pick_output_dir(job.output_dir(), job.meta.key)
 

@@ -81,12 +81,12 @@ class Transitions(Intake):
             return Claimed(None)
         self._idle = None
         copies = self.before_scan()
-        folder = self.dir(State.PENDING)
-        names = [n for n in os.listdir(folder) if job_id_of(n) is not None and n not in copies]
+        names = {n: i for n in os.listdir(self.dir(State.PENDING))
+                 if (i := job_id_of(n)) is not None and n not in copies}
         self._claim_index = self._claim_index or ClaimIndex(self)
         facts = self._claim_index.facts(names)
-        order = sorted(facts, key=lambda n: (-facts[n].priority, job_id_of(n)))
-        graph = {job_id_of(n): list(facts[n].after) for n in order}
+        order = sorted(facts, key=lambda n: (-facts[n].priority, names[n]))
+        graph = {names[n]: list(facts[n].after) for n in order}
         known: dict[int, State | None] = {}
 
         def state_of(job_id: int) -> State | None:
@@ -96,8 +96,7 @@ class Transitions(Intake):
 
         result, busy = Claimed(None), False
         for name in order:
-            job_id = job_id_of(name)
-            assert job_id is not None
+            job_id = names[name]
             if graph[job_id]:
                 cycle = find_cycle(job_id, graph.get)
                 why = ("dependency cycle: " + " -> ".join(map(str, cycle)) if cycle else
@@ -358,6 +357,9 @@ class Transitions(Intake):
                                  "edit refused") from None
             if current != expected:
                 raise WrongState(f"job {job_id} was changed by someone else; edit refused")
+            # The job's key and output folder are ltxq's bookkeeping: an edit keeps them.
+            kept = self.parse_file(current, path, State.PENDING).meta
+            job = job.with_meta(key=kept.key, output_dir=kept.output_dir)
             self.write_job(path, job)
         finally:
             lock.release()
