@@ -15,6 +15,7 @@ it would be here: the results are the same, including every invalid file with it
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import operator
 import os
 from collections.abc import Callable, Iterable
@@ -28,7 +29,6 @@ from ltxq.job import JobMeta
 from ltxq.progress import Progress, last_progress
 from ltxq.spool import FINISHED, Spool, State, file_name, stem
 from ltxq.spool.claimindex import UNREADABLE_PRIORITY, ClaimIndex
-from ltxq.spool.layout import job_id_of
 from ltxq.status.forkpool import fork_map
 from ltxq.status.records import (
     NEXT_PENDING,
@@ -200,13 +200,14 @@ class StatusReader:
         ids = self.spool.ids(State.PENDING)
         if len(ids) <= count:
             return None
+        names = {file_name(i): i for i in ids}
         try:
-            facts = ClaimIndex(self.spool).facts([file_name(i) for i in ids])
-            priorities = {job_id_of(name): f.priority for name, f in facts.items()}
+            facts = ClaimIndex(self.spool).facts(names)
+            priorities = {names[name]: f.priority for name, f in facts.items()}
         except OSError:  # e.g. a spool this user cannot write: read the files instead
             priorities = self._pending_priorities(ids)
-        order = sorted((run_order(p, job_id), job_id) for job_id, p in priorities.items())
-        return {job_id for _, job_id in order[:count]}
+        first = heapq.nsmallest(count, priorities, key=lambda i: run_order(priorities[i], i))
+        return set(first)
 
     def _pending_priorities(self, ids: list[int]) -> dict[int, int]:
         """Return the priority of each pending job IDS through the facts (and their cache).
@@ -227,11 +228,12 @@ class StatusReader:
              fold: bool = False) -> StatusView:
         """Read the records of STATE (None or "all": every state), filtered by NAME (a glob).
 
-        With FOLD_LONG (the default table), only the RECENT_FINISHED newest finished jobs and
-        the NEXT_PENDING next pending ones are read; the others are counted from the folder
+        With FOLD (the default table), only the RECENT_FINISHED newest finished jobs and the
+        NEXT_PENDING next pending ones are read; the others are counted from the folder
         listings.
         """
         select: Callable[[State, int], bool] | None = None
+        most = None  # at most this many files are read, if known
         if fold and not name:
             recent = set(self.spool.ids(FINISHED)[-RECENT_FINISHED:])
             nxt = self.next_pending()
@@ -242,10 +244,13 @@ class StatusReader:
                 if st in FINISHED:
                     return job_id in recent
                 return st is not State.PENDING or nxt is None or job_id in nxt
+
+            most = RECENT_FINISHED + NEXT_PENDING + len(self.spool.ids(State.RUNNING))
         states = list(State) if state in (None, "all") else [State(state)]
         for st in states:
             self._cache(st)  # so that a folder emptied since the last run saves an empty cache
-        self._read_ahead(states, select)
+        if most is None or self.pool_min is None or most >= self.pool_min:
+            self._read_ahead(states, select)  # (it would not fork for fewer files)
         scanned = self.spool.scan_with(self.facts, state, select=select)
         self._ahead = {}
         records = []
