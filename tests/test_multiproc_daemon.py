@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import tomli_w
-
 from conftest import wait_for
+
 from ltxq.trainer.demo_data import write_demo_dataset
 from ltxq.trainer.launch import CONTROL_DIR, Control
 
@@ -20,7 +20,7 @@ STEPS = 200
 
 def _ltxq(env: dict[str, str], cwd: Path, *args: str) -> str:
     p = subprocess.run([sys.executable, "-m", "ltxq", *args], cwd=cwd, env=env,
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120, check=False)
     assert p.returncode == 0, f"ltxq {' '.join(args)} -> {p.returncode}\n{p.stdout}{p.stderr}"
     return p.stdout
 

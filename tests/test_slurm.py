@@ -15,15 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-from ltxq.executors.slurm import client as slurm
-from ltxq.executors.slurm import node as slurm_entry
-from ltxq.errors import LtxqError
-from ltxq.executors.slurm.client import JobState
-from ltxq.spool import State
 from conftest import REPO
 from test_slurm_node import FAKE, Claimed
 
+from ltxq.errors import LtxqError
+from ltxq.executors.slurm import client as slurm
+from ltxq.executors.slurm import node as slurm_entry
+from ltxq.executors.slurm.client import JobState
+from ltxq.spool import State
 
 # --- without a cluster -------------------------------------------------------------------------
 

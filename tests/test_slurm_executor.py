@@ -16,16 +16,16 @@ from pathlib import Path
 import pytest
 import tomli_w
 from conftest import FAKE, Env, wait_for
+from test_slurm import cluster  # noqa: F401 - the fixture: skip (saying why) without a cluster
 
 from ltxq.executors.slurm import client as slurm
 from ltxq.spool import Spool, State
-from test_slurm import cluster  # noqa: F401 - the fixture: skip (saying why) without a cluster
 
 SLURM_ARGS = ("--executor", "slurm", "--poll", "0.2", "--warn-before", "30")
 
 
 @pytest.fixture
-def senv(cluster, tmp_path: Path):
+def senv(cluster, tmp_path: Path):  # noqa: F811 - pytest passes the fixture by name
     e = Env(tmp_path)
     e.outputs.mkdir()
     yield e
@@ -49,6 +49,12 @@ def _config(e: Env, name: str = "job.toml", *, steps: int = 5, interval: int = 0
 
 def _slurm_id(e: Env, job_id: int) -> str | None:
     return e.job(job_id).get("slurm_job_id")
+
+
+def _other_id(e: Env, job_id: int, first: str) -> str | None:
+    """The Slurm id of job JOB_ID once it is not FIRST any more."""
+    sid = _slurm_id(e, job_id)
+    return sid if sid and sid != first else None
 
 
 def _entry_pid(spool: Path, job_id: int) -> int | None:
@@ -98,7 +104,7 @@ def test_cancel_stops_a_running_slurm_job_and_scancels_a_waiting_one(senv: Env) 
     assert slurm.job_state(sid) is slurm.JobState.PENDING
     senv.run("cancel", str(running), str(waiting))
     first = senv.wait_state(running, "cancelled", timeout=120)
-    second = senv.wait_state(waiting, "cancelled", timeout=60)
+    senv.wait_state(waiting, "cancelled", timeout=60)
     assert first["step"] and first["checkpoint"], first   # stopped at a checkpoint
     assert slurm.job_state(sid) in (slurm.JobState.CANCELLED, None)
     assert "scancel Slurm job" in senv.run("logs", str(waiting)).stdout
@@ -111,8 +117,7 @@ def test_preemption_requeues_and_resumes_and_a_killed_node_counts_an_attempt(sen
     wait_for(lambda: (senv.job(job_id)["step"] or 0) >= 12, 120, "training past a checkpoint")
     first = _slurm_id(senv, job_id)
     slurm.cancel(first)   # what preemption (and an admin's scancel) does: SIGTERM, then KILL
-    second = wait_for(lambda: (lambda s: s if s and s != first else None)(_slurm_id(senv, job_id)),
-                      120, "a second Slurm job")
+    wait_for(lambda: _other_id(senv, job_id, first), 120, "a second Slurm job")
     job = senv.job(job_id)
     assert job["attempts"] == 0, job                          # not the job's fault
     wait_for(lambda: _entry_pid(senv.spool, job_id), 60, "the second run to start")
@@ -137,7 +142,7 @@ def test_a_stopped_or_dead_daemon_leaves_its_slurm_job_to_the_next_one(senv: Env
     assert "slurm" in workers and f"Slurm job {sid}" in workers
     assert f"Slurm job {sid} (via" in senv.run("status").stdout
     first.send_signal(signal.SIGTERM)          # systemctl stop: the cluster job runs on
-    out, err = first.communicate(timeout=30)
+    _, err = first.communicate(timeout=30)
     assert first.returncode == 0 and f"job {job_id} = Slurm {sid}" in err, err
     # A local daemon must not rerun it: its Slurm job is still training.
     local = senv.daemon("--exit-when-idle")
@@ -161,8 +166,8 @@ def test_time_limit_warning_checkpoints_and_requeues(senv: Env) -> None:
     senv.daemon("--executor", "slurm", "--poll", "0.2", "--time-limit", "1",
                 "--warn-before", "60")
     first = wait_for(lambda: _slurm_id(senv, job_id), 60, "the Slurm job")
-    second = wait_for(lambda: (lambda s: s if s and s != first else None)(_slurm_id(senv, job_id)),
-                      150, "the warning, a checkpoint and a second Slurm job")
+    second = wait_for(lambda: _other_id(senv, job_id, first), 150,
+                      "the warning, a checkpoint and a second Slurm job")
     log = senv.run("logs", str(job_id)).stdout
     assert "SIGUSR1 on the Slurm node: stopping at a checkpoint" in log
     assert f"(job {first} " in log and "requeued to resume" in log
@@ -268,22 +273,21 @@ def test_local_recovery_leaves_jobs_with_a_slurm_id_alone(tmp_path: Path) -> Non
 def test_slurm_executor_without_slurm_is_a_one_line_error(tmp_path: Path) -> None:
     env = dict(os.environ, PATH=str(tmp_path), LTXQ_SPOOL=str(tmp_path / "spool"))  # no sinfo
     p = subprocess.run([sys.executable, "-m", "ltxq", "daemon", "--executor", "slurm",
-                        "--trainer", FAKE], env=env, capture_output=True, text=True, timeout=60)
+                        "--trainer", FAKE], env=env, capture_output=True, text=True, timeout=60,
+                       check=False)
     assert p.returncode == 1 and "no Slurm controller answers" in p.stderr
     assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
     p = subprocess.run([sys.executable, "-m", "ltxq", "daemon", "--executor", "slurm",
                         "--device", "cuda:0"], env=env, capture_output=True, text=True,
-                       timeout=60)
+                       timeout=60, check=False)
     assert p.returncode == 2 and "use --gpus" in p.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="the spool's claim rewrites the job file as the daemon's "
-                   "uid, so its owner is lost; needs the spool to keep a job file's owner")
 def test_sbatch_args_of_a_job_file_another_uid_owns_are_skipped(senv: Env) -> None:
     job_id = senv.submit(str(_config(senv, extra='[resources]\nsbatch_args = '
                                                   '["--begin=now+1hour"]\n')))
     os.chown(senv.spool / "pending" / f"{job_id:06d}.toml", 65534, 65534)
     senv.daemon(*SLURM_ARGS)
     senv.wait_state(job_id, "done", timeout=30)   # --begin would hold it for an hour
-    assert ("sbatch_args skipped: the job file is owned by uid 65534, not this daemon's uid "
+    assert ("sbatch_args skipped: the job file was written by uid 65534, not this daemon's uid "
             f"{os.geteuid()}") in senv.run("logs", str(job_id)).stdout

@@ -16,10 +16,16 @@ import pytest
 from conftest import REPO, wait_for, write_config
 
 from ltxq.executors.slurm import node as slurm_entry
-from ltxq.errors import TrainingError
+from ltxq.executors.slurm.node import (
+    EXIT_COMPLETED,
+    EXIT_FAILED,
+    EXIT_NO_TRAINER,
+    EXIT_NOT_OURS,
+    EXIT_STOPPED,
+    EXIT_USAGE,
+    StopFlag,
+)
 from ltxq.run import Outcome, TrainResult
-from ltxq.executors.slurm.node import (EXIT_COMPLETED, EXIT_FAILED, EXIT_NO_TRAINER, EXIT_NOT_OURS,
-                              EXIT_STOPPED, EXIT_USAGE, StopFlag)
 from ltxq.spool import Claim, Spool, State
 
 FAKE = "tests.fake_trainer:train"
@@ -252,16 +258,17 @@ def test_entry_process_stops_on_sigusr1_and_prints_result(claimed) -> None:
 
 
 def test_entry_bad_arguments_exit_2(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "ltxq.executors.slurm.node", "--spool", str(tmp_path)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "ltxq.executors.slurm.node", "--spool",
+                           str(tmp_path)], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == EXIT_USAGE
     assert "--job" in proc.stderr
 
 
 def test_entry_without_a_spool_exits_2_and_creates_nothing(tmp_path: Path) -> None:
     missing = tmp_path / "not-mounted"
-    proc = subprocess.run([sys.executable, "-m", "ltxq.executors.slurm.node", "--spool", str(missing),
-                           "--job", "1"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "ltxq.executors.slurm.node", "--spool",
+                           str(missing), "--job", "1"], capture_output=True, text=True,
+                          timeout=60, check=False)
     assert proc.returncode == EXIT_USAGE
     assert f"no spool at {missing}" in proc.stderr
     assert slurm_entry.parse_result_line(proc.stdout)["exit"] == EXIT_USAGE
@@ -320,7 +327,7 @@ def test_node_never_recreates_a_job_moved_meanwhile(claimed) -> None:
         c.spool.finish(c.claim, State.PENDING)        # requeued by its daemon, lock released
         for _ in range(50):
             assert _folders(c) == ["pending"]
-        out, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
