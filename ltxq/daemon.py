@@ -203,7 +203,7 @@ class Daemon:
         job_id, job = entry.id, entry.job
         commands = [self.options.on_finish] if self.options.on_finish else []
         if job.meta.on_finish:
-            uid = foreign_owner(entry.path)
+            uid = foreign_owner(entry.job)
             if uid is None:
                 commands.append(job.meta.on_finish)
             else:

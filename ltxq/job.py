@@ -46,6 +46,7 @@ class JobMeta:
     finished_at: datetime | None = None
     worker: str | None = None
     worker_start: str | None = None  # the worker process's start (boot id:ticks): a 2nd witness
+    author_uid: int | None = None   # who wrote the job's content (the spool keeps it; see trust)
     device: str | None = None
     error: str | None = None
     output_dir: str | None = None
@@ -200,7 +201,7 @@ _META_TYPES: dict[str, Any] = {
     "id": int | None, "name": str, "priority": int, "max_attempts": int, "attempts": int,
     "after": list[int], "on_finish": str | None, "submitted_at": datetime,
     "started_at": datetime, "finished_at": datetime, "worker": str | None,
-    "worker_start": str | None,
+    "worker_start": str | None, "author_uid": int | None,
     "device": str | None, "error": str | None, "output_dir": str | None,
     "checkpoint": str | None, "validation_sample": str | None, "step": int | None,
     "slurm_job_id": str | None, "key": str | None,

@@ -8,7 +8,6 @@ import shutil
 import signal
 import time
 
-import pytest
 from conftest import wait_for
 
 from ltxq.spool import Spool
@@ -51,8 +50,6 @@ def test_on_finish_runs_for_recovery_and_dependency_failures(env):
     one_folder_each(env)
 
 
-@pytest.mark.xfail(strict=True, reason="the spool's claim rewrites the job file as the daemon's "
-                   "uid, so its owner is lost; needs the spool to keep a job file's owner")
 def test_job_file_on_finish_runs_only_from_files_of_the_daemons_uid(env):
     env.config(steps=1)
     mine = env.submit("job.toml", "--on-finish", "touch mine.ran")
@@ -62,7 +59,7 @@ def test_job_file_on_finish_runs_only_from_files_of_the_daemons_uid(env):
     assert d.wait(timeout=60) == 0, d.stderr.read()
     assert (env.root / "mine.ran").exists() and not (env.root / "theirs.ran").exists()
     log = env.run("logs", str(theirs)).stdout
-    assert (f"on_finish skipped: the job file is owned by uid {NOBODY}, not this daemon's uid "
+    assert (f"on_finish skipped: the job file was written by uid {NOBODY}, not this daemon's uid "
             f"{os.geteuid()}") in log
     assert hooks(env) == [(mine, "done"), (theirs, "done")]  # the daemon's own hook always runs
 

@@ -219,7 +219,7 @@ def test_real_trainer_preempted_and_resumed_equals_uninterrupted(senv: Env) -> N
     cut = senv.submit(str(_real_job(senv.root, "cut", steps=steps)))
     senv.run("priority", str(cut), "1")   # run the interrupted one first
     real = [sys.executable, "-m", "ltxq", "daemon", *SLURM_ARGS, "--max-jobs", "1"]
-    d = subprocess.Popen(real + ["--exit-when-idle"], cwd=senv.root, env=senv.env,
+    d = subprocess.Popen([*real, "--exit-when-idle"], cwd=senv.root, env=senv.env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     senv.daemons.append(d)
     wait_for(lambda: (senv.job(cut)["step"] or 0) >= 7, 300, "the real trainer past step 5")

@@ -174,3 +174,35 @@ def test_claim_order_follows_a_file_edited_in_place(spool):
     assert b"priority = 9" in path.read_bytes()
     claim = spool.claim("probe:4").claim
     assert claim is not None and claim.id == d
+
+
+NOBODY = 65534
+
+
+def test_the_author_of_a_job_survives_the_spools_own_rewrites(spool):
+    """Trust (on_finish, sbatch_args) follows who wrote a job's content, not who rewrote its
+    file last: the spool's bookkeeping must neither launder nor forge it."""
+    mine = spool.submit(spool.path.parent / "job.toml")
+    theirs = spool.submit(spool.path.parent / "job.toml")
+    path = spool.job_path(State.PENDING, theirs)
+    os.chown(path, NOBODY, NOBODY)  # written by another user (we run tests as root)
+    spool.set_priority(theirs, 5)  # this uid's bookkeeping rewrite: the author stays theirs
+    assert spool.get(theirs).job.meta.author_uid == NOBODY
+    claim = spool.claim("w:1").claim  # the claim rewrites it as this uid, too
+    assert claim.id == theirs and not spool.trusted(claim.job)
+    assert claim.job.meta.author_uid == NOBODY
+    assert spool.trusted(spool.get(mine).job)
+    # A file someone else wrote claiming to be ours makes them its author at the next rewrite.
+    forged = spool.job_path(State.PENDING, mine)
+    forged.write_text(forged.read_text().replace(f"author_uid = {os.geteuid()}",
+                                                 f"author_uid = {os.geteuid()}  # me, honest"))
+    os.chown(forged, NOBODY, NOBODY)
+    claim = spool.claim("w:2").claim
+    assert claim.id == mine and claim.job.meta.author_uid == NOBODY
+    # A dropped file's author is whoever owns it.
+    dropped = spool.dir("pending") / "dropped.toml"
+    shutil.copy(spool.path.parent / "job.toml", dropped)
+    os.chown(dropped, NOBODY, NOBODY)
+    os.utime(dropped, (OLD, OLD))
+    adopted = [e for e in spool.jobs(State.PENDING)]
+    assert [e.job.meta.author_uid for e in adopted] == [NOBODY]

@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from ltxq.errors import LtxqError
-from ltxq.spool import Claim, Ending
+from ltxq.job import Job
+from ltxq.spool import Claim, Ending, Spool
 
 
 @dataclass(frozen=True)
@@ -59,22 +59,21 @@ class Executor(Protocol):
         ...
 
 
-def foreign_owner(path: Path) -> int | None:
-    """Return the uid owning job file PATH when it is not this process's uid, else None.
+def foreign_owner(job: Job) -> int | None:
+    """Return the uid that wrote JOB's content when it is not this process's uid, else None.
 
     A job file's on_finish and sbatch_args run with this daemon's rights, so they are taken
-    only from files this uid owns (as cron takes a crontab only from its owner): anyone who
-    can write pending/ would otherwise run commands as the daemon.
+    only from jobs this uid wrote (as cron takes a crontab only from its owner): anyone who
+    can write pending/ would otherwise run commands as the daemon. The spool keeps the author
+    across its own rewrites (`Spool.read_for_rewrite`).
     """
-    try:
-        uid = os.stat(path).st_uid
-    except OSError:
-        return -1  # gone or unreadable: nothing vouches for it
-    return None if uid == os.geteuid() else uid
+    if Spool.trusted(job):
+        return None
+    return -1 if job.meta.author_uid is None else job.meta.author_uid
 
 
 def untrusted_note(what: str, uid: int) -> str:
     """Return the job-log line saying WHAT of a file owned by UID is skipped."""
-    owner = "nobody known (the file is gone)" if uid < 0 else f"uid {uid}"
-    return (f"{what} skipped: the job file is owned by {owner}, not this daemon's uid "
+    owner = "nobody known" if uid < 0 else f"uid {uid}"
+    return (f"{what} skipped: the job file was written by {owner}, not this daemon's uid "
             f"{os.geteuid()}")

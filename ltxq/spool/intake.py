@@ -25,7 +25,7 @@ from ltxq.fsutil import Lock
 from ltxq.job import USER_JOB_KEYS, Job, JobMeta, job_from_dict
 from ltxq.spool import deps
 from ltxq.spool.claimindex import ClaimIndex
-from ltxq.spool.layout import LOOKUP, State, file_name, job_id_of
+from ltxq.spool.layout import LOOKUP, State, job_id_of
 from ltxq.spool.store import Invalid, Store, is_candidate
 
 ADOPT_PREFIX = "adopt-"
@@ -112,10 +112,11 @@ class Intake(Store):
         except LtxqError:
             return None
 
-    def publish(self, job: Job, *, unique: bool = False, key: str | None = None) -> int:
+    def publish(self, job: Job, *, unique: bool = False, key: str | None = None,
+                author_uid: int | None = None) -> int:
         """Give a validated JOB an id (and a new key unless KEY) and publish it in pending/ with
-        one rename; return the id. With UNIQUE, return the id of an identical pending or
-        running job instead, if there is one."""
+        one rename; return the id. Its author is AUTHOR_UID (default: this process's uid).
+        With UNIQUE, return the id of an identical pending or running job instead, if any."""
         self.create()
         with Lock(self.dir("locks") / "spool.lock"):
             if unique:
@@ -125,7 +126,8 @@ class Intake(Store):
                     return twin
             job_id = self._next_id()
             key = key or uuid.uuid4().hex
-            job = job.with_meta(id=job_id, key=key, submitted_at=self.clock(), output_dir=None)
+            job = job.with_meta(id=job_id, key=key, submitted_at=self.clock(), output_dir=None,
+                                author_uid=os.geteuid() if author_uid is None else author_uid)
             job = job.with_meta(output_dir=str(_free_output_dir(job)))
             dest = self.job_path(State.PENDING, job_id)
             self.write_job(dest, job)
@@ -218,7 +220,7 @@ class Intake(Store):
         try:
             if time.time() - os.lstat(path).st_mtime < self.settle_seconds:
                 return None  # may still be being written
-            data = fsutil.read_regular(path)[1]
+            st, data = fsutil.read_regular(path)
             job = jobfile.parse_job(data, base_dir=self.path.parent, require_dataset_exists=True)
         except FileNotFoundError:
             return None
@@ -226,9 +228,9 @@ class Intake(Store):
             self.set_aside(path, e.message if isinstance(e, NotRegularFile) else str(e),
                            set_aside_id)
             return None
-        return self._adopt(path, job)
+        return self._adopt(path, job, st.st_uid)
 
-    def _adopt(self, path: Path, job: Job) -> int | None:
+    def _adopt(self, path: Path, job: Job, author_uid: int) -> int | None:
         key = uuid.uuid4().hex
         staged = self.tmp_dir() / f"{ADOPT_PREFIX}{key}-{path.name}"
         try:
@@ -239,7 +241,7 @@ class Intake(Store):
         try:
             jobfile.check_name(job)
             self.check_parents(job)
-            new_id = self.publish(job, key=key)
+            new_id = self.publish(job, key=key, author_uid=author_uid)
         except LtxqError as e:
             self.set_aside(staged, str(e), None, origin=f"pending/{path.name}", name=path.name)
             return None

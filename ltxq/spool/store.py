@@ -16,7 +16,14 @@ from typing import Generic, TypeVar
 from ltxq import fsutil
 from ltxq.errors import ConfigError, JobNotFound, LtxqError, NotRegularFile
 from ltxq.job import Job, parse_job
-from ltxq.spool.layout import LOOKUP, Layout, State, file_name, job_id_of, parse_job_id, states
+from ltxq.spool.layout import (
+    LOOKUP,
+    Layout,
+    State,
+    job_id_of,
+    parse_job_id,
+    states,
+)
 
 _T = TypeVar("_T")
 
@@ -100,6 +107,23 @@ class Store(Layout):
     def read(self, path: Path, state: State) -> Job:
         """Read and validate job file PATH in STATE's folder (never a pipe or a huge file)."""
         return self.parse_file(fsutil.read_regular(path)[1], path, state)
+
+    def read_for_rewrite(self, path: Path, state: State) -> Job:
+        """Read job file PATH to rewrite it: its author_uid is kept only while the file was last
+        written by that author or by this uid (ltxq's own bookkeeping); a file someone else
+        wrote in place of it makes that someone its author (see `trusted`)."""
+        st, data = fsutil.read_regular(path)
+        job = self.parse_file(data, path, state)
+        author = job.meta.author_uid
+        if st.st_uid not in (author, os.geteuid()) or author is None:
+            job = job.with_meta(author_uid=st.st_uid)
+        return job
+
+    @staticmethod
+    def trusted(job: Job) -> bool:
+        """Return True if JOB's own commands (on_finish, sbatch_args) may run as this uid: its
+        content was written by this uid (as cron runs a crontab only as its owner)."""
+        return job.meta.author_uid == os.geteuid()
 
     def parse_file(self, data: bytes, path: Path, state: State) -> Job:
         """Validate DATA, the bytes of job file PATH in STATE's folder (its name is its id)."""

@@ -9,14 +9,14 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from ltxq import fsutil
+from ltxq import job as jobfile
 from ltxq.errors import ConfigError, WrongState
 from ltxq.fsutil import Lock
-from ltxq import job as jobfile
 from ltxq.job import Job, parse_job
 from ltxq.progress import last_progress
 from ltxq.spool.claimindex import ClaimIndex
@@ -26,7 +26,6 @@ from ltxq.spool.layout import State, job_id_of, states, stem
 from ltxq.spool.liveness import owner_alive, this_process
 from ltxq.spool.store import Entry
 from ltxq.spool.table import Ending, Op, ending_move, interruption, rule
-
 
 # A fruitless claim pass is repeated only when a folder changed, or after this long at most (a
 # file edited in place changes no folder).
@@ -147,7 +146,7 @@ class Transitions(Intake):
             src = self.job_path(State.PENDING, job_id)
             dest = self.job_path(State.RUNNING, job_id)
             try:
-                job = self.read(src, State.PENDING)
+                job = self.read_for_rewrite(src, State.PENDING)
             except FileNotFoundError:
                 lock.release()
                 return None
@@ -221,7 +220,7 @@ class Transitions(Intake):
         try:
             path = self.job_path(State.RUNNING, job_id)
             try:
-                job = self.read(path, State.RUNNING)
+                job = self.read_for_rewrite(path, State.RUNNING)
             except (FileNotFoundError, ConfigError) as e:
                 lock.release()
                 if isinstance(e, ConfigError):
@@ -359,7 +358,8 @@ class Transitions(Intake):
                 raise WrongState(f"job {job_id} was changed by someone else; edit refused")
             # The job's key and output folder are ltxq's bookkeeping: an edit keeps them.
             kept = self.parse_file(current, path, State.PENDING).meta
-            job = job.with_meta(key=kept.key, output_dir=kept.output_dir)
+            job = job.with_meta(key=kept.key, output_dir=kept.output_dir,
+                                author_uid=os.geteuid())  # whoever edits writes its content
             self.write_job(path, job)
         finally:
             lock.release()
@@ -422,7 +422,7 @@ class Transitions(Intake):
         try:
             path = self.job_path(src, job_id)
             try:
-                job = self.read(path, src).with_meta(**changes)
+                job = self.read_for_rewrite(path, src).with_meta(**changes)
             except FileNotFoundError:
                 return None
             self.write_job(path, job)
@@ -435,6 +435,6 @@ class Transitions(Intake):
 
 def _mtime(path: Path) -> datetime:
     try:
-        return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+        return datetime.fromtimestamp(path.stat().st_mtime, UTC)
     except FileNotFoundError:
-        return datetime.fromtimestamp(0, timezone.utc)
+        return datetime.fromtimestamp(0, UTC)

@@ -168,7 +168,7 @@ class SlurmExecutor:
     def _job_args(self, claim: Claim) -> list[str]:
         """Return the job's own sbatch_args, if its file is this daemon's uid's."""
         args = list(claim.job.config.resources.sbatch_args)
-        uid = foreign_owner(claim.entry.path) if args else None
+        uid = foreign_owner(claim.job) if args else None
         if uid is not None:
             self.spool.log(claim.id, untrusted_note("sbatch_args", uid))
             return []
