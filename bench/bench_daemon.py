@@ -216,7 +216,7 @@ def bench_drain(b: Bench, jobs: int, daemons: int) -> None:
     took = time.perf_counter() - start
     done = sum(b.path("done", i).exists() for i in ids)
     starts = [b.log(i).read_text().count(" started on ") for i in ids]
-    twice = [i for i, n in zip(ids, starts) if n != 1]
+    twice = [i for i, n in zip(ids, starts, strict=True) if n != 1]
     print(f"drain: {daemons} daemons, {jobs} jobs of 3 steps  {took:.1f} s  "
           f"{60 * jobs / took:.1f} jobs/min  done {done}/{jobs}  "
           f"jobs not started exactly once: {len(twice)} {twice[:5]}")

@@ -10,6 +10,7 @@ other filesystems without inotify events from other hosts, the poll interval sti
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
@@ -66,10 +67,8 @@ class Waker:
             except (BlockingIOError, OSError):
                 pass
         if self._inotify is not None:
-            try:
+            with contextlib.suppress(BlockingIOError, OSError):
                 self._inotify.read(timeout=0)
-            except (BlockingIOError, OSError):
-                pass
 
     def close(self) -> None:
         """Stop watching."""

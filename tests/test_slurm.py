@@ -20,7 +20,7 @@ from test_slurm_node import FAKE, Claimed
 
 from ltxq.errors import LtxqError
 from ltxq.executors.slurm import client as slurm
-from ltxq.executors.slurm import node as slurm_entry
+from ltxq.executors.slurm import node
 from ltxq.executors.slurm.client import JobState
 from ltxq.spool import State
 
@@ -60,7 +60,7 @@ def test_missing_tools_give_one_line_errors(monkeypatch, tmp_path: Path) -> None
     assert slurm.available() is False
     with pytest.raises(LtxqError, match=r"^sbatch not found: is Slurm installed and on PATH\?$"):
         slurm.submit_batch("#!/bin/sh\ntrue\n")
-    with pytest.raises(LtxqError, match="^scontrol not found"):
+    with pytest.raises(LtxqError, match=r"^scontrol not found"):
         slurm.job_state("1")
 
 
@@ -199,14 +199,14 @@ def test_entry_through_slurm_leaves_an_unclaimed_job_alone(jobs, tmp_path: Path)
     c = Claimed(tmp_path)
     try:
         out = tmp_path / "slurm.out"
-        script = slurm_entry.batch_script(c.spool.path, c.id + 1, python=Path(sys.executable),
+        script = node.batch_script(c.spool.path, c.id + 1, python=Path(sys.executable),
                                           trainer=FAKE, workdir=tmp_path)
         job_id = slurm.submit_batch(script, name=f"ltxq-{c.id + 1}", output=out, signal=None,
                                     env={"PYTHONPATH": str(REPO)})
         jobs.append(job_id)
         state = wait_for("the entry to finish", finished_state(job_id))
-        doc = slurm_entry.parse_result_line(out.read_text())
-        assert doc is not None and doc["exit"] == slurm_entry.EXIT_NOT_OURS, out.read_text()
+        doc = node.parse_result_line(out.read_text())
+        assert doc is not None and doc["exit"] == node.EXIT_NOT_OURS, out.read_text()
         assert state in (JobState.FAILED, "gone")
     finally:
         c.release()
@@ -220,7 +220,7 @@ def test_time_limit_signal_stops_the_job_at_a_checkpoint(jobs, tmp_path: Path) -
     c = Claimed(tmp_path, steps=100000, interval=0, slow=0.05)
     try:
         out = tmp_path / "slurm.out"
-        script = slurm_entry.batch_script(c.spool.path, c.id, python=Path(sys.executable),
+        script = node.batch_script(c.spool.path, c.id, python=Path(sys.executable),
                                           trainer=FAKE, workdir=tmp_path)
         job_id = slurm.submit_batch(script, name=f"ltxq-{c.id}", time_limit=1,
                                     signal="B:USR1@60", output=out,
@@ -229,9 +229,9 @@ def test_time_limit_signal_stops_the_job_at_a_checkpoint(jobs, tmp_path: Path) -
         c.spool.update(c.claim, slurm_job_id=job_id)   # what the executor records
         state = wait_for("USR1 and a clean stop", finished_state(job_id), limit_s=75)
         text = out.read_text()
-        doc = slurm_entry.parse_result_line(text)
+        doc = node.parse_result_line(text)
         assert doc is not None, text
-        assert doc["exit"] == slurm_entry.EXIT_STOPPED and doc["outcome"] == "stopped"
+        assert doc["exit"] == node.EXIT_STOPPED and doc["outcome"] == "stopped"
         assert Path(str(doc["checkpoint"])).is_dir()
         log = c.log()
         assert "SIGUSR1 on the Slurm node: stopping at a checkpoint" in log
@@ -244,7 +244,7 @@ def test_time_limit_signal_stops_the_job_at_a_checkpoint(jobs, tmp_path: Path) -
         # Exit 3 reads FAILED to Slurm; TIMEOUT would mean the signal came too late.
         assert state in (JobState.FAILED, "gone")
         if state != "gone":
-            assert slurm.job_info(job_id)["ExitCode"] == f"{slurm_entry.EXIT_STOPPED}:0"
+            assert slurm.job_info(job_id)["ExitCode"] == f"{node.EXIT_STOPPED}:0"
     finally:
         c.release()
 
@@ -254,7 +254,7 @@ def test_admin_scancel_gives_the_entry_sigterm_and_a_checkpoint(jobs, tmp_path: 
     c = Claimed(tmp_path, steps=100000, interval=0, slow=0.05)
     try:
         out = tmp_path / "slurm.out"
-        script = slurm_entry.batch_script(c.spool.path, c.id, python=Path(sys.executable),
+        script = node.batch_script(c.spool.path, c.id, python=Path(sys.executable),
                                           trainer=FAKE, workdir=tmp_path)
         job_id = slurm.submit_batch(script, name=f"ltxq-{c.id}", output=out, signal=None,
                                     env={"PYTHONPATH": str(REPO)})
@@ -262,8 +262,8 @@ def test_admin_scancel_gives_the_entry_sigterm_and_a_checkpoint(jobs, tmp_path: 
         wait_for("training to start", lambda: "/100000 loss" in c.log())
         slurm.cancel(job_id)
         assert wait_for("the cancel", finished_state(job_id)) in (JobState.CANCELLED, "gone")
-        doc = wait_for("the result line", lambda: slurm_entry.parse_result_line(out.read_text()))
-        assert doc["exit"] == slurm_entry.EXIT_STOPPED and doc["outcome"] == "stopped"
+        doc = wait_for("the result line", lambda: node.parse_result_line(out.read_text()))
+        assert doc["exit"] == node.EXIT_STOPPED and doc["outcome"] == "stopped"
         assert "SIGTERM on the Slurm node: stopping at a checkpoint" in c.log()
         assert f"checkpoint step {doc['step']}: {doc['checkpoint']}" in c.log()
         assert c.job().job.meta.checkpoint is None     # recorded by the daemon, not the node

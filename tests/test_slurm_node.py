@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, wait_for, write_config
 
-from ltxq.executors.slurm import node as slurm_entry
+from ltxq.executors.slurm import node
 from ltxq.executors.slurm.node import (
     EXIT_COMPLETED,
     EXIT_FAILED,
@@ -79,7 +79,7 @@ def claimed(tmp_path: Path, monkeypatch):
 
 @pytest.fixture
 def restore_signals():
-    saved = {sig: signal.getsignal(sig) for sig in slurm_entry.STOP_SIGNALS}
+    saved = {sig: signal.getsignal(sig) for sig in node.STOP_SIGNALS}
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)
@@ -88,7 +88,7 @@ def restore_signals():
 def test_completed_job_is_logged_and_its_file_never_written(claimed) -> None:
     c = claimed()
     before = c.claim.entry.path.read_bytes()
-    status, result, error = slurm_entry.run_job(c.spool, c.id, StopFlag(), trainer=FAKE)
+    status, result, error = node.run_job(c.spool, c.id, StopFlag(), trainer=FAKE)
     assert (status, error) == (EXIT_COMPLETED, None)
     assert result is not None and result.outcome == Outcome.COMPLETED and result.step == 20
     assert result.lora_path == c.root / "out" / f"lora_r4_job{c.id}" / \
@@ -119,7 +119,7 @@ def test_slurm_signal_becomes_should_stop(claimed, restore_signals, sig: signal.
             run.progress(step, 99, 0.5, 1e-4, 0.01)
         raise AssertionError("should_stop never became true")
 
-    status, result, _ = slurm_entry.run_job(c.spool, c.id, stop, trainer=train)
+    status, result, _ = node.run_job(c.spool, c.id, stop, trainer=train)
     assert status == EXIT_STOPPED
     assert result is not None and result.outcome == Outcome.STOPPED and result.step == 3
     log = c.log()
@@ -132,7 +132,7 @@ def test_cancel_request_stops_the_job(claimed) -> None:
     c = claimed(steps=50, slow=0.01)
     c.spool.cancel(c.id)   # a running job: only writes control/<id>.cancel
     assert c.spool.cancel_requested(c.id)
-    status, result, _ = slurm_entry.run_job(c.spool, c.id, StopFlag(), trainer=FAKE)
+    status, result, _ = node.run_job(c.spool, c.id, StopFlag(), trainer=FAKE)
     assert status == EXIT_STOPPED and result is not None and result.step == 0
     assert "(cancel requested)" in c.log()
 
@@ -153,7 +153,7 @@ def test_job_leaving_running_stops_the_trainer(claimed) -> None:
                 return TrainResult(Outcome.STOPPED, 4, 99)
         raise AssertionError("should_stop never became true")
 
-    status, _, _ = slurm_entry.run_job(c.spool, c.id, StopFlag(), trainer=train)
+    status, _, _ = node.run_job(c.spool, c.id, StopFlag(), trainer=train)
     assert status == EXIT_STOPPED and seen == [5]
     assert "job left running/ on the Slurm node" in c.log()
     # Nothing was written back into running/: the job is not resurrected there.
@@ -168,14 +168,14 @@ def test_job_leaving_running_stops_the_trainer(claimed) -> None:
 def test_training_error_exits_1_with_the_reason(claimed, marker: str, words: str) -> None:
     c = claimed()
     (c.dataset / marker).write_text("dataset has no usable clips")
-    status, result, error = slurm_entry.run_job(c.spool, c.id, StopFlag(), trainer=FAKE)
+    status, result, error = node.run_job(c.spool, c.id, StopFlag(), trainer=FAKE)
     assert (status, result, error) == (EXIT_FAILED, None, words)
     assert f"failed: {words}" in c.log()
 
 
 def test_trainer_that_cannot_load_is_not_the_jobs_fault(claimed) -> None:
     c = claimed()
-    status, _, error = slurm_entry.run_job(c.spool, c.id, StopFlag(), trainer="no_such_mod:train")
+    status, _, error = node.run_job(c.spool, c.id, StopFlag(), trainer="no_such_mod:train")
     assert status == EXIT_NO_TRAINER and "cannot load the trainer no_such_mod:train" in error
     assert c.spool.state_of(c.id) is State.RUNNING
 
@@ -183,11 +183,11 @@ def test_trainer_that_cannot_load_is_not_the_jobs_fault(claimed) -> None:
 def test_job_not_running_is_left_alone(claimed) -> None:
     c = claimed()
     called = []
-    status, _, error = slurm_entry.run_job(c.spool, c.id + 1, StopFlag(),
+    status, _, error = node.run_job(c.spool, c.id + 1, StopFlag(),
                                            trainer=lambda cfg, run: called.append(1))
     assert status == EXIT_NOT_OURS and error.startswith(f"no job {c.id + 1} in ")
     c.spool.finish(c.claim, State.PENDING)
-    status, _, error = slurm_entry.run_job(c.spool, c.id, StopFlag(),
+    status, _, error = node.run_job(c.spool, c.id, StopFlag(),
                                            trainer=lambda cfg, run: called.append(1))
     assert status == EXIT_NOT_OURS and error == f"job {c.id} is pending, not running"
     assert called == []
@@ -197,12 +197,12 @@ def test_job_of_another_slurm_job_is_left_alone(claimed, monkeypatch) -> None:
     c = claimed(slurm_job_id="41")
     monkeypatch.setenv("SLURM_JOB_ID", "40")
     called = []
-    status, _, error = slurm_entry.run_job(c.spool, c.id, StopFlag(),
+    status, _, error = node.run_job(c.spool, c.id, StopFlag(),
                                            trainer=lambda cfg, run: called.append(1))
     assert status == EXIT_NOT_OURS and error == f"job {c.id} belongs to Slurm job 41, not 40"
     assert called == []
     monkeypatch.setenv("SLURM_JOB_ID", "41")
-    status, _, _ = slurm_entry.run_job(c.spool, c.id, StopFlag(), trainer=FAKE)
+    status, _, _ = node.run_job(c.spool, c.id, StopFlag(), trainer=FAKE)
     assert status == EXIT_COMPLETED
     assert c.job().job.meta.slurm_job_id == "41"
     assert "Slurm job 41 started on" in c.log()
@@ -212,23 +212,23 @@ def test_unreadable_job_file_exits_2_naming_it(claimed) -> None:
     c = claimed()
     path = c.claim.entry.path
     path.write_text(path.read_text() + "\n[lorra]\nrank = 3\n")
-    status, _, error = slurm_entry.run_job(c.spool, c.id, StopFlag(), trainer=FAKE)
+    status, _, error = node.run_job(c.spool, c.id, StopFlag(), trainer=FAKE)
     assert status == EXIT_USAGE
     assert str(path) in error and "lorra" in error
 
 
 def test_result_line_round_trip() -> None:
     result = TrainResult(Outcome.STOPPED, 5, 20, checkpoint=Path("/o/checkpoints/step_00005"))
-    line = slurm_entry.result_line(EXIT_STOPPED, result, None)
+    line = node.result_line(EXIT_STOPPED, result, None)
     text = "some stderr noise\n" + line + "\n"
-    assert slurm_entry.parse_result_line(text) == {
+    assert node.parse_result_line(text) == {
         "exit": 3, "error": None, "outcome": "stopped", "step": 5, "total_steps": 20,
         "checkpoint": "/o/checkpoints/step_00005", "lora_path": None, "validation_sample": None}
-    assert slurm_entry.parse_result_line("nothing here") is None
+    assert node.parse_result_line("nothing here") is None
 
 
 def test_batch_script_execs_the_entry(tmp_path: Path) -> None:
-    text = slurm_entry.batch_script(tmp_path / "my spool", 12, python=Path("/venv/bin/python"),
+    text = node.batch_script(tmp_path / "my spool", 12, python=Path("/venv/bin/python"),
                                     trainer=FAKE, workdir=tmp_path)
     assert text.startswith("#!/bin/sh\n")
     assert text.strip().splitlines()[-1] == (
@@ -239,10 +239,7 @@ def test_batch_script_execs_the_entry(tmp_path: Path) -> None:
 def test_entry_process_stops_on_sigusr1_and_prints_result(claimed) -> None:
     """A real process: SIGUSR1 (what --signal=B:USR1@N sends) -> checkpoint -> exit 3."""
     c = claimed(steps=100000, interval=0, slow=0.01)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-m", "ltxq.executors.slurm.node", "--spool", str(c.spool.path),
-                             "--job", str(c.id), "--trainer", FAKE],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = _node(c)
     try:
         wait_for(lambda: "step 1/100000" in c.log(), what="the first step")
         proc.send_signal(signal.SIGUSR1)
@@ -251,7 +248,7 @@ def test_entry_process_stops_on_sigusr1_and_prints_result(claimed) -> None:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == EXIT_STOPPED, err
-    doc = slurm_entry.parse_result_line(out)
+    doc = node.parse_result_line(out)
     assert doc is not None and doc["outcome"] == "stopped" and doc["exit"] == EXIT_STOPPED
     assert Path(str(doc["checkpoint"])).is_dir()
     assert "SIGUSR1 on the Slurm node" in c.log()
@@ -271,7 +268,7 @@ def test_entry_without_a_spool_exits_2_and_creates_nothing(tmp_path: Path) -> No
                           timeout=60, check=False)
     assert proc.returncode == EXIT_USAGE
     assert f"no spool at {missing}" in proc.stderr
-    assert slurm_entry.parse_result_line(proc.stdout)["exit"] == EXIT_USAGE
+    assert node.parse_result_line(proc.stdout)["exit"] == EXIT_USAGE
     assert not missing.exists()
 
 
@@ -285,7 +282,9 @@ def test_entry_modules_import_nothing_heavy() -> None:
 
 
 def _node(c: Claimed) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    """Start the node entry on C's job in a child process, as the batch script does."""
+    env = dict(os.environ,
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     return subprocess.Popen([sys.executable, "-m", "ltxq.executors.slurm.node", "--spool",
                              str(c.spool.path), "--job", str(c.id), "--trainer", FAKE],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

@@ -94,7 +94,8 @@ def sample_line(path: Path, step: int) -> str:
 def lock_file_replaced(lock: Lock) -> bool:
     """Return True when held LOCK's file is no longer the file at its path (deleted/replaced)."""
     # filelock keeps the descriptor of the flock'd file here while the lock is held.
-    fd = getattr(getattr(lock._lock, "_context", None), "lock_file_fd", None)
+    context = getattr(lock._lock, "_context", None)  # noqa: SLF001 - no public accessor
+    fd = getattr(context, "lock_file_fd", None)
     if fd is None:
         return False
     held = os.fstat(fd)

@@ -9,6 +9,7 @@ a finished job is known to the controller for `MinJobAge` seconds (300 by defaul
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -193,10 +194,8 @@ def cancel(job_id: str | int, signal: str | None = None, *, full: bool = False) 
     if signal:
         args += [f"--signal={signal}", "--full" if full else "--batch"]
     args.append(str(job_id))
-    try:
+    with contextlib.suppress(_UnknownJob):
         _run(args)
-    except _UnknownJob:
-        pass
 
 
 def release(job_id: str | int) -> None:
