@@ -18,7 +18,9 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -31,6 +33,7 @@ from ltxq.workers import Registration
 
 ON_FINISH_TIMEOUT_S = 300.0  # a notification must not hold the queue up for long
 SETTLING_NAP_S = 0.2         # --exit-when-idle waits in naps this long for dropped files
+CLEAN_TMP_EVERY_S = 600.0    # how often a daemon looks for staged work that dead processes left
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class Daemon:
         self.worker = self.registration.name
         self._started = 0
         self._looked_again = False
+        self._tmp_cleaned: float | None = None
 
     # --- signals ---------------------------------------------------------------------------
 
@@ -132,6 +136,7 @@ class Daemon:
 
     def _loop(self, waker: Waker) -> int:
         while not self._stopping:
+            self._clean_tmp()
             self._finished(self.spool.recover())
             self._settle(self.executor.poll())
             if self._start_jobs():
@@ -141,6 +146,16 @@ class Daemon:
                 return 0
             waker.sleep(self.options.poll if busy else self._nap())
         return 0
+
+    def _clean_tmp(self) -> None:
+        """On start and every CLEAN_TMP_EVERY_S: finish or roll back staged work that a killed
+        process left in tmp/, and say what was done on stderr (the daemon's log)."""
+        now = time.monotonic()
+        if self._tmp_cleaned is not None and now - self._tmp_cleaned < CLEAN_TMP_EVERY_S:
+            return
+        self._tmp_cleaned = now
+        for line in self.spool.clean_tmp():
+            print(f"ltxq daemon: {line}", file=sys.stderr, flush=True)
 
     def _start_jobs(self) -> int:
         """Claim and start jobs while the executor has room; return how many started."""

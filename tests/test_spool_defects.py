@@ -206,3 +206,22 @@ def test_the_author_of_a_job_survives_the_spools_own_rewrites(spool):
     os.utime(dropped, (OLD, OLD))
     adopted = [e for e in spool.jobs(State.PENDING)]
     assert [e.job.meta.author_uid for e in adopted] == [NOBODY]
+
+
+def test_a_daemon_rolls_back_an_adoption_that_a_kill_9_interrupted(env):
+    env.config(steps=1)
+    env.submit("job.toml")  # makes the spool
+    staged = env.spool / "tmp" / f"{ADOPT_PREFIX}{'1' * 32}-night.toml"
+    staged.write_text((env.root / "job.toml").read_text())
+    os.utime(staged, (OLD, OLD))  # its adopter died an hour ago
+    dead = env.spool / "tmp" / "000001.toml.x1y2.tmp"
+    dead.write_text("half a job")
+    os.utime(dead, (OLD, OLD))
+    d = env.daemon("--exit-when-idle")
+    assert d.wait(timeout=60) == 0
+    err = d.stderr.read()
+    assert "put back tmp/" in err and "pending/night.toml" in err, err
+    assert "removed dead staging file tmp/000001.toml.x1y2.tmp" in err
+    jobs = env.status()
+    assert [j["state"] for j in jobs] == ["done", "done"]  # the night job ran after all
+    assert not staged.exists() and not dead.exists()
