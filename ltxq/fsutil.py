@@ -22,13 +22,17 @@ def umask() -> int:
     return _UMASK
 
 
-def fsync_dir(path: Path) -> None:
-    """Persist the directory entries of PATH (a rename is not durable until its folder is)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def fsync(path: Path) -> None:
+    """Persist file or folder PATH (for a folder: its entries; a rename is not durable until
+    its folder is)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+fsync_dir = fsync  # the name most callers read best: they persist a rename
 
 
 def write_atomic(dest: Path, data: str | bytes, tmp_dir: Path, *, durable: bool = True) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ltxq import fsutil
 from ltxq.errors import TrainingError
 
 LORA_FILE = "lora.safetensors"
@@ -104,7 +105,7 @@ def save(root: Path, step: int, lora: dict[str, torch.Tensor], state: dict[str, 
             kept_text = f"step {kept.step} kept" if kept else "no checkpoint kept"
             raise TrainingError(f"{reason} (checkpoint step {step} not written; {kept_text})"
                                 ) from e
-        _fsync(root)
+        fsutil.fsync(root)
     prune(root, keep_last)
     return Checkpoint(final, step)
 
@@ -117,8 +118,8 @@ def _write(folder: Path, step: int, lora: dict[str, torch.Tensor], state: dict[s
     (folder / META_FILE).write_text(json.dumps({"format": FORMAT, "step": step, **meta},
                                                indent=2, sort_keys=True) + "\n")
     for name in FILES:
-        _fsync(folder / name)
-    _fsync(folder)
+        fsutil.fsync(folder / name)
+    fsutil.fsync(folder)
 
 
 # How a full disk shows when torch.save writes (its zip writer checks each write's position,
@@ -151,11 +152,3 @@ def prune(root: Path, keep_last: int) -> None:
 
 def _complete(folder: Path) -> bool:
     return all((folder / f).is_file() for f in FILES)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

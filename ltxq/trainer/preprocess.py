@@ -30,6 +30,7 @@ import torch
 from diffusers import LTXPipeline
 from safetensors.torch import load_file, save_file
 
+from ltxq import fsutil
 from ltxq.config import TINY_RANDOM, TrainingConfig, looks_like_local_path
 from ltxq.errors import LtxqError, TrainingError
 from ltxq.trainer.captions import (
@@ -309,7 +310,7 @@ def _publish(root: Path, key: str, prepared: PreparedDataset, settings: dict[str
             shutil.rmtree(tmp, ignore_errors=True)
             log(f"preprocessing cache {final} was written by another process meanwhile")
             return final
-        _fsync_file(root)
+        fsutil.fsync(root)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         # Training can go on without a cache; only the next job pays for it again.
@@ -327,22 +328,14 @@ def _write_folder(folder: Path, key: str, prepared: PreparedDataset,
         name = f"{i:06d}.safetensors"
         save_file({"latents": s.latents, "prompt_embeds": s.prompt_embeds,
                    "prompt_mask": s.prompt_mask}, str(folder / name))
-        _fsync_file(folder / name)
+        fsutil.fsync(folder / name)
         entries.append({"file": name, "source": s.source, "caption": s.caption})
     manifest = {**settings, "key": key, "dataset": str(dataset),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "samples": entries,
                 "skipped": [{"source": n, "reason": r} for n, r in prepared.skipped]}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-    _fsync_file(folder / MANIFEST)
-    _fsync_file(folder)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsutil.fsync(folder / MANIFEST)
+    fsutil.fsync(folder)
 
 
 def _remove_stale_tmp(root: Path) -> None:
