@@ -186,6 +186,21 @@ class Lock:
     def held(self) -> bool:
         return self._lock.is_locked
 
+    def replaced(self) -> bool:
+        """Return True if this held lock's file is no longer the file at its path (someone
+        deleted or replaced it: another process could take a fresh lock there)."""
+        # filelock keeps the descriptor of the flock'd file here while the lock is held.
+        context = getattr(self._lock, "_context", None)
+        fd = getattr(context, "lock_file_fd", None)
+        if fd is None:
+            return False
+        held = os.fstat(fd)
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        return (now.st_ino, now.st_dev) != (held.st_ino, held.st_dev)
+
     def __enter__(self) -> Self:
         self.acquire()
         return self

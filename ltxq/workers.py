@@ -9,7 +9,6 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from ltxq.executors.jobrun import lock_file_replaced
 from ltxq.fsutil import Lock, write_atomic
 from ltxq.job import now
 from ltxq.progress import last_progress
@@ -40,7 +39,7 @@ class Registration:
     def update(self, **changes: Any) -> None:
         """Change fields of the info file (e.g. job=7)."""
         self._info.update(changes)
-        if lock_file_replaced(self._lock):
+        if self._lock.replaced():
             # locks/ was emptied by hand: take a lock on the new file, or `workers` and
             # recovery would see this live daemon as gone.
             self._info_path.parent.mkdir(exist_ok=True)

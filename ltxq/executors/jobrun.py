@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ltxq.fsutil import Lock
 from ltxq.progress import progress_message
 from ltxq.spool import Claim, Spool
 
@@ -48,7 +46,7 @@ class JobRun:
         if self._lock_checked is not None and t - self._lock_checked < LOCK_CHECK_S:
             return False
         self._lock_checked = t
-        if lock_file_replaced(self._claim.lock):
+        if self._claim.lock.replaced():
             self.lock_lost = True
             self.log(f"lock file locks/{self._claim.lock.path.name} was deleted; stopping so "
                      "that the job never runs twice")
@@ -89,18 +87,3 @@ def checkpoint_line(path: Path, step: int) -> str:
 def sample_line(path: Path, step: int) -> str:
     """Return the job-log message for a written validation video."""
     return f"sample step {step}: {path}"
-
-
-def lock_file_replaced(lock: Lock) -> bool:
-    """Return True when held LOCK's file is no longer the file at its path (deleted/replaced)."""
-    # filelock keeps the descriptor of the flock'd file here while the lock is held.
-    context = getattr(lock._lock, "_context", None)  # noqa: SLF001 - no public accessor
-    fd = getattr(context, "lock_file_fd", None)
-    if fd is None:
-        return False
-    held = os.fstat(fd)
-    try:
-        now = os.stat(lock.path)
-    except FileNotFoundError:
-        return True
-    return (now.st_ino, now.st_dev) != (held.st_ino, held.st_dev)
