@@ -187,7 +187,7 @@ def test_default_view_reads_only_the_next_pending_jobs(spool, monkeypatch):
     for i in range(1, NEXT_PENDING + 11):
         spool.submit(cfg, priority=3 if i % 7 == 0 else 0)
     age(spool)
-    StatusReader(spool).view(None, fold=True)  # warm caches must not change what is shown
+    StatusReader(spool).view("all")  # a warm cache of every file must not change what is read
     run_order = sorted(spool.ids(State.PENDING), key=lambda i: (-(3 if i % 7 == 0 else 0), i))
     parsed = forbid_parsing(monkeypatch, spool)
     view = StatusReader(spool).view(None, fold=True)
@@ -195,6 +195,9 @@ def test_default_view_reads_only_the_next_pending_jobs(spool, monkeypatch):
     assert sorted(shown) == sorted(run_order[:NEXT_PENDING]) and view.folded == {"pending": 10}
     assert sorted(int(p.stem) for p in parsed) == sorted(shown)  # nothing else was parsed
     assert [r for r in full_records(spool) if r["id"] in shown] == view.records
+    parsed.clear()
+    assert StatusReader(spool).view(None, fold=True) == view
+    assert parsed == []  # the shown files come from their own small cache now
     # A hand edit in place (same inode) is seen: the order comes from stat-keyed facts.
     last = spool.dir(State.PENDING) / f"{run_order[-1]:06d}.toml"
     last.write_text(last.read_text().replace("priority = 0", "priority = 9"))
@@ -250,8 +253,10 @@ def test_pooled_reading_gives_what_the_serial_reader_gives(spool):
     (spool.dir(State.DONE) / "000099.toml").write_text("[job]\nid = 99\nbogus = 1\n")
     (spool.dir(State.FAILED) / "000098.toml").write_text("[job\nid = 98\n")
     (spool.dir(State.DONE) / "000097.toml").write_bytes(b"\xff\xfe not utf-8")
-    caches = lambda: {p.name: p.read_text()
-                      for p in spool.dir("tmp").glob("status-*.cache.json")}
+
+    def caches() -> dict[str, str]:
+        return {p.name: p.read_text() for p in spool.dir("tmp").glob("status-*.cache.json")}
+
     serial = StatusReader(spool, pool_min=None).view("all").records
     assert serial == full_records(spool)
     serial_caches = caches()

@@ -4,7 +4,8 @@ The spool stays the only source of truth; three things keep a 10,000-job `status
 - facts and log progress are cached per folder in tmp/ (ltxq.status.statcache), each under its
   file's stat key, so a job file is parsed and validated once, not on every run;
 - the default table reads only the jobs it shows (running, the newest finished ones, the next
-  pending ones to run) and counts the rest from the folder listings;
+  pending ones to run), through small caches of just those (status-<state>.shown.cache.json),
+  and counts the rest from the folder listings;
 - the run order of a long pending/ comes from the spool's claim index (priorities, stat-keyed),
   so choosing the next pending jobs costs one stat per file, not a parse.
 When many files are not in the cache (the first `status` after thousands of files appeared),
@@ -66,21 +67,23 @@ class StatusReader:
         self.spool = spool
         self.use_cache = use_cache
         self.pool_min = pool_min
-        self._caches: dict[State, StatCache] = {}
+        self._caches: dict[str, StatCache] = {}  # by file name
         self._logs = spool.dir("logs")
-        self._uncached: frozenset[State] = frozenset()
+        # States the folded table reads only a few files of: their own small caches, since
+        # loading the cache of a whole folder of thousands costs more than it saves.
+        self._shown: frozenset[State] = frozenset()
         self._ahead: dict[Path, tuple[Any, ...]] = {}  # what _read_ahead's workers found
         self._ahead_logs: dict[int, tuple[list[int] | None, list[Any]]] = {}  # by job id
 
     def _cache(self, state: State) -> StatCache | None:
-        if not self.use_cache or state in self._uncached:
+        if not self.use_cache:
             return None
-        cache = self._caches.get(state)
+        name = f"status-{state}{'.shown' if state in self._shown else ''}.cache.json"
+        cache = self._caches.get(name)
         if cache is None:
             tmp = self.spool.dir("tmp")
-            cache = StatCache(tmp / f"status-{state}.cache.json", tmp,
-                              f"{_FACTS_VERSION}:{self.spool.path}")
-            self._caches[state] = cache
+            cache = StatCache(tmp / name, tmp, f"{_FACTS_VERSION}:{self.spool.path}")
+            self._caches[name] = cache
         return cache
 
     def facts(self, path: Path, state: State) -> dict[str, Any]:
@@ -132,7 +135,8 @@ class StatusReader:
             return
         results = fork_map(self._parse_in_worker, todo)
         if results is not None:
-            self._ahead = {path: r for (_, path), r in zip(todo, results) if r is not None}
+            self._ahead = {path: r for (_, path), r in zip(todo, results, strict=True)
+                           if r is not None}
 
     def _parse_in_worker(self, item: tuple[State, Path]) -> tuple[Any, ...] | None:
         """Return ("facts", stat key, facts, log), ("invalid", message, key, file) or None (retry).
@@ -237,8 +241,7 @@ class StatusReader:
         if fold and not name:
             recent = set(self.spool.ids(FINISHED)[-RECENT_FINISHED:])
             nxt = self.next_pending()
-            # Reading those few files beats loading a cache of thousands.
-            self._uncached = FINISHED if nxt is None else FINISHED | {State.PENDING}
+            self._shown = FINISHED if nxt is None else FINISHED | {State.PENDING}
 
             def select(st: State, job_id: int) -> bool:
                 if st in FINISHED:

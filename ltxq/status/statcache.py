@@ -14,6 +14,7 @@ unreadable, foreign or unwritable cache is an empty one: status then reads every
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -90,10 +91,8 @@ class StatCache:
             return
         data = json.dumps({"version": self.version, "entries": self._new},
                           separators=(",", ":"))
-        try:
+        with contextlib.suppress(OSError):  # a read-only or full spool: status works without it
             _replace(self.path, data.encode("utf-8"), self.tmp_dir)
-        except OSError:
-            pass  # a read-only or full spool: status works without its cache
 
 
 def _replace(dest: Path, data: bytes, tmp_dir: Path) -> None:
