@@ -36,6 +36,14 @@ CREATING = frozenset({"submit", "daemon"})
 class LtxqGroup(click.Group):
     """A group that turns ltxq's own errors into one stderr line and an exit code."""
 
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.BadParameter as e:  # --spool naming a file: one line, like the others
+            click.echo(f"ltxq: {e.format_message()}", err=True)
+            raise click.exceptions.Exit(2) from None
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)

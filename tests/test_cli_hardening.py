@@ -66,6 +66,12 @@ def test_bad_numbers_exit_2_with_one_line_naming_the_option(tmp_path, args, opti
     assert not (tmp_path / "spool").exists()  # refused before any spool is made
 
 
+def test_a_spool_path_naming_a_file_is_one_line(tmp_path):
+    (tmp_path / "f").write_text("x")
+    code, _, err = ltxq(tmp_path / "f", "status")
+    assert code == 2 and "--spool" in one_line_error(err)
+
+
 def test_a_huge_duration_says_too_large(tmp_path):
     code, _, err = ltxq(tmp_path / "spool", "clear", "--older-than", "99999999999999w")
     assert code == 2 and "too large" in one_line_error(err)
