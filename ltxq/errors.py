@@ -24,7 +24,7 @@ class ConfigError(LtxqError):
 
     def _text(self) -> str:
         parts = [str(p) for p in (self.file, self.key) if p]
-        return ": ".join(parts + [self.message])
+        return ": ".join([*parts, self.message])
 
     def with_file(self, file: Path | str) -> ConfigError:
         """Return the same error, attributed to FILE."""

@@ -23,6 +23,7 @@ No torch here: the spool and the CLI import this module.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -154,7 +155,5 @@ def _create(dest: Path, text: str) -> None:
             return
         fsync_dir(dest.parent)
     finally:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass

@@ -43,7 +43,7 @@ def stamp(message: str, at: float | None = None) -> str:
 
 def format_duration(seconds: float) -> str:
     """Return SECONDS as H:MM:SS."""
-    s = max(0, int(round(seconds)))
+    s = max(0, round(seconds))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 

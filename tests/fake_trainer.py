@@ -61,7 +61,8 @@ def train(config, run) -> TrainResult:
     checkpoint = ckpts / f"step_{start:05d}" if start else None
     for step in range(start + 1, total + 1):
         if run.should_stop():
-            if step - 1 > start and (checkpoint is None or checkpoint.name != f"step_{step - 1:05d}"):
+            saved = checkpoint is not None and checkpoint.name == f"step_{step - 1:05d}"
+            if step - 1 > start and not saved:
                 checkpoint = _save(run, ckpts, step - 1)
             return TrainResult(Outcome.STOPPED, step - 1, total, checkpoint=checkpoint)
         time.sleep(delay)

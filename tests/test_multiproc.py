@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import tomli_w
 from safetensors.torch import load_file
+from test_trainer_support import BASE, RecordingRun, merge
 
 from ltxq.config import TrainingConfig, parse_config
 from ltxq.errors import TrainingError
@@ -28,7 +29,6 @@ from ltxq.trainer import train, warm
 from ltxq.trainer.demo_data import write_demo_dataset
 from ltxq.trainer.export import LORA_FILE
 from ltxq.trainer.launch import CONTROL_DIR, Control, _alive_rank
-from test_trainer_support import BASE, RecordingRun, merge
 
 STEPS = 30
 # A guard against a hung launch (a failure, not a timing check): 2 ranks take about 10 s.
@@ -68,7 +68,7 @@ def _train(config: TrainingConfig, run: RecordingRun) -> TrainResult:
     def target() -> None:
         try:
             outcome["result"] = train(config, run)
-        except BaseException as e:  # handed to the test thread
+        except BaseException as e:  # noqa: BLE001 - handed to the test thread
             outcome["error"] = e
 
     thread = threading.Thread(target=target, daemon=True)
@@ -109,14 +109,14 @@ def test_two_ranks_equal_one_process_over_the_same_samples(one_process, two_rank
     assert diff <= EQUAL, diff
     # Rank 0's reports reached the owner's Run: every step, with the ranks' mean loss.
     assert [p[0] for p in two_run.progress_calls] == list(range(1, STEPS + 1))
-    for mine, theirs in zip(two_run.progress_calls, one_run.progress_calls):
+    for mine, theirs in zip(two_run.progress_calls, one_run.progress_calls, strict=True):
         assert mine[2] == pytest.approx(theirs[2], rel=1e-5)
     assert [s for _, s in two_run.checkpoints] == [4, 8, 12, 16, 20, 24, 28, 30]
     assert [(p.name, s) for p, s in two_run.samples] == [("step_000015_0.mp4", 15),
                                                          ("step_000030_0.mp4", 30)]
     assert two.validation_sample == two.lora_path.parent / "samples" / "step_000030_0.mp4"
     assert f"2 ranks ended at step {STEPS} (completed)" in two_run.logs
-    assert not warm._cache  # noqa: SLF001 - the one-process job's model was freed for the ranks
+    assert not warm._cache
     # Only rank 0 wrote outputs, the same ones as one process; the control folder is gone.
     out = two.lora_path.parent
     assert sorted(p.name for p in out.iterdir()) == sorted(

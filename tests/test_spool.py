@@ -8,8 +8,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-
 from conftest import write_config
+
 from ltxq import Spool
 from ltxq.errors import ConfigError, JobNotFound, WrongState
 from ltxq.spool import State
@@ -234,7 +234,7 @@ def test_dependencies_wait_then_fail_with_their_parent(spool, cfg):
     parent = spool.submit(cfg)
     child = spool.submit(cfg, after=[parent])
     grandchild = spool.submit(cfg, after=[child])
-    with pytest.raises(ConfigError, match="job.after"):
+    with pytest.raises(ConfigError, match=r"job\.after"):
         spool.submit(cfg, after=[99])
     claim = spool.claim("w").claim
     assert claim.id == parent
@@ -242,7 +242,7 @@ def test_dependencies_wait_then_fail_with_their_parent(spool, cfg):
     spool.finish(claim, State.FAILED, error="x")
     assert spool.claim("w").claim is None
     assert spool.get(child).job.meta.error == f"dependency {parent} failed"
-    spool.claim("w").claim
+    spool.claim("w")
     assert spool.get(grandchild).state is State.FAILED
 
 

@@ -9,7 +9,6 @@ import tomllib
 
 import pytest
 
-from conftest import wait_for
 from ltxq import Spool
 from ltxq.errors import BadArgument, LtxqError
 

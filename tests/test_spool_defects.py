@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, write_config
+
 from ltxq import Spool
 from ltxq.errors import BadArgument, NoSpool
 from ltxq.spool import State

@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import write_config
+
 from ltxq import Spool
 from ltxq.errors import WrongState
 from ltxq.spool import TABLE, Claim, Ending, Entry, Op, State
@@ -50,7 +50,7 @@ def put(spool: Spool, state: State, **meta: object) -> tuple[int, Claim | None]:
     return job_id, None
 
 
-def state_after(spool: Spool, op: Op, state: State) -> State | None | type[WrongState]:
+def state_after(spool: Spool, op: Op, state: State) -> State | type[WrongState] | None:
     """Apply OP to a fresh job in STATE; return where the job is then, or WrongState."""
     job_id, claim = put(spool, state)
     try:
@@ -69,7 +69,7 @@ def state_after(spool: Spool, op: Op, state: State) -> State | None | type[Wrong
         elif op is Op.DEPENDENCY:
             parent, _ = put(spool, State.FAILED, priority=10)  # claimed before the job
             if claim is None:  # (a running job's file is its owner's to write)
-                spool._move_locked(job_id, state, state, after=[parent])  # noqa: SLF001
+                spool._move_locked(job_id, state, state, after=[parent])
             spool.claim("w:2")
             if spool.state_of(job_id) is state:
                 raise WrongState("not failed")
@@ -84,9 +84,8 @@ def state_after(spool: Spool, op: Op, state: State) -> State | None | type[Wrong
             data = path.read_bytes()
             spool.replace_pending(job_id, data, data.decode().replace("priority = 0",
                                                                        "priority = 1"))
-        elif op is Op.CLEAR:
-            if job_id not in spool.clear([state]):
-                raise WrongState("not cleared")
+        elif op is Op.CLEAR and job_id not in spool.clear([state]):
+            raise WrongState("not cleared")
     except WrongState:
         return WrongState
     finally:

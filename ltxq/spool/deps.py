@@ -1,4 +1,4 @@
-"""The `after` graph: which jobs a job waits for, whether they are done, and the one cycle finder."""
+"""The `after` graph: what a job waits for, whether it is done, and the one cycle finder."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def find_cycle(start: int, after_of: AfterOf) -> list[int] | None:
         if node in seen:
             continue
         seen.add(node)
-        paths.extend(path + [p] for p in after_of(node) or ())
+        paths.extend([*path, p] for p in after_of(node) or ())
     return None
 
 
