@@ -40,15 +40,36 @@ def save_lora(output_dir: Path, lora: dict[str, torch.Tensor], metadata: dict) -
     return final
 
 
+# ComfyUI's LTX-Video model (comfy/ldm/lightricks) keeps the original Lightricks module names
+# where diffusers renamed them (diffusers' own single-file converter maps these back).
+COMFY_MODULE_NAMES = {"proj_in": "patchify_proj", "time_embed": "adaln_single"}
+
+
+def comfy_key(key: str) -> str:
+    """Return the ComfyUI name of diffusers LoRA KEY (`transformer.proj_in.lora_A.weight`)."""
+    if not key.startswith("transformer."):
+        return key
+    first, _, rest = key[len("transformer."):].partition(".")
+    return "diffusion_model." + ".".join(p for p in (COMFY_MODULE_NAMES.get(first, first), rest)
+                                         if p)
+
+
 def save_comfy_copy(lora_file: Path) -> Path:
-    """Write the ComfyUI copy of LORA_FILE next to it (`transformer.` -> `diffusion_model.`)."""
+    """Write the ComfyUI copy of LORA_FILE next to it: ComfyUI's module names, and one
+    `<module>.alpha` tensor per adapted module.
+
+    Without the alpha tensors ComfyUI scales every LoRA by 1.0 instead of alpha / rank.
+    """
+    alpha = lora_alpha_in(lora_file)
     tensors = {}
     with safe_open(str(lora_file), framework="pt") as f:
         metadata = f.metadata() or {}
         for key in f.keys():  # noqa: SIM118 - a safe_open handle, not a dict
-            new = "diffusion_model." + key[len("transformer."):] if key.startswith(
-                "transformer.") else key
+            new = comfy_key(key)
             tensors[new] = f.get_tensor(key)
+            if alpha is not None and new.endswith(".lora_A.weight"):
+                # ComfyUI reads alpha with .item() and divides by the rank (lora_A's rows).
+                tensors[new[: -len(".lora_A.weight")] + ".alpha"] = torch.tensor(alpha)
     final = lora_file.with_name(COMFY_FILE)
     tmp = final.with_name(f".tmp-{COMFY_FILE}")
     save_file(tensors, tmp, metadata=metadata)

@@ -59,8 +59,15 @@ def load_lora_state_dict(transformer: torch.nn.Module, state: dict[str, torch.Te
 
 
 def adapter_metadata(transformer: torch.nn.Module) -> dict:
-    """Return the adapter's peft config as a dict (rank, alpha, targets) for saving."""
-    return transformer.peft_config[ADAPTER].to_dict()
+    """Return the adapter's peft config as a dict (rank, alpha, targets) for inference.
+
+    The training-time dropout is left out (0): diffusers' `load_lora_weights` restores it from
+    the file's metadata and leaves the new layers in train mode, so a LoRA saved with dropout
+    0.1 would be noisy at inference.
+    """
+    meta = transformer.peft_config[ADAPTER].to_dict()
+    meta["lora_dropout"] = 0.0
+    return meta
 
 
 def remove_lora(transformer: torch.nn.Module) -> None:
