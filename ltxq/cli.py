@@ -125,6 +125,9 @@ def _ids(values: tuple[str, ...]) -> list[int]:
 @click.argument("configs", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, TOML-typed: --set optimization.steps=10.")
+@click.option("--sweep", "sweeps", multiple=True, metavar="KEY=V1,V2,...",
+              help="Queue one job per value (repeat: one per combination), e.g. "
+                   "--sweep lora.rank=8,16,32.")
 @click.option("--priority", type=int, help="Higher runs first (default 0).")
 @click.option("--name", help="A name shown by status (default: the file's name).")
 @click.option("--after", multiple=True, metavar="ID",
@@ -142,7 +145,8 @@ def _ids(values: tuple[str, ...]) -> list[int]:
 @click.option("--model", help="Flag form: model.source (hub id, folder, tiny-random).")
 @click.option("--resolution", help="Flag form: data.resolution, WxHxF.")
 @pass_spool
-def submit(spool: Spool, configs: tuple[Path, ...], sets: tuple[str, ...], priority: int | None,
+def submit(spool: Spool, configs: tuple[Path, ...], sets: tuple[str, ...],
+           sweeps: tuple[str, ...], priority: int | None,
            name: str | None, after: tuple[str, ...], unique: bool, max_attempts: int | None,
            on_finish: str | None, dataset: Path | None, steps: int | None,
            learning_rate: float | None, validation_prompt: tuple[str, ...], rank: int | None,
@@ -167,13 +171,20 @@ def submit(spool: Spool, configs: tuple[Path, ...], sets: tuple[str, ...], prior
         overrides[key.strip()] = _toml_value(value.strip())
     if model and model.startswith((".", "/", "~")):
         overrides["model.source"] = str(Path(model).expanduser().absolute())
-    if configs:
-        jobs = [spool.prepare(path, overrides) for path in configs]  # all valid before any write
-    elif dataset is not None:
-        jobs = [spool.prepare_doc({}, base_dir=Path.cwd(), overrides=overrides,
-                                  default_name=dataset.absolute().name)]
-    else:
+    from ltxq.sweep import expand, grid_name, parse_sweep
+
+    points = expand(parse_sweep(item) for item in sweeps)
+    if not configs and dataset is None:
         raise click.UsageError("give CONFIG.toml files, or --dataset DIR (the flag form)")
+    jobs = []  # all valid before any write
+    for point in points:
+        merged = {**overrides, **point}
+        if configs:
+            prepared = [spool.prepare(path, merged) for path in configs]
+        else:
+            prepared = [spool.prepare_doc({}, base_dir=Path.cwd(), overrides=merged,
+                                          default_name=dataset.absolute().name)]
+        jobs += [j.with_meta(name=grid_name(j.meta.name, point)) for j in prepared]
     for job in jobs:
         click.echo(spool.publish(job, unique=unique))
 
@@ -582,3 +593,11 @@ def demo_data(directory: Path, clips: int) -> None:
     click.echo(write_demo_dataset(directory, clips=clips))
 
 
+
+
+# --- the dashboard (ltxq/web/cli.py; the web stack loads only when these run) ---------------
+
+from ltxq.web import cli as _web_cli  # noqa: E402 - after the group they join
+
+cli.add_command(_web_cli.web)
+cli.add_command(_web_cli.up)

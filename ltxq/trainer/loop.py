@@ -29,6 +29,7 @@ from diffusers import LTXPipeline
 
 from ltxq.config import TrainingConfig
 from ltxq.errors import TrainingError
+from ltxq.metrics import MetricsWriter
 from ltxq.run import Outcome, Run, TrainResult
 from ltxq.trainer import checkpoint as ckpt
 from ltxq.trainer import export, library_output, warm
@@ -64,19 +65,29 @@ def train(config: TrainingConfig, run: Run, ranks: Ranks | None = None) -> Train
     ranks = ranks or Ranks()
     device = resolve_device(run.device)
     precision = resolve_precision(config.optimization.mixed_precision, device)
+    peak = PeakMemory(device)
     # Library warnings belong to this job's log, not to the stderr of a daemon running many.
     with library_output.routed_to(run.log), warm.components(
             config.model.source, revision=config.model.revision, dtype=weight_dtype(precision),
-            device=device, log=run.log) as components:
+            device=device, log=run.log, **load_options(config)) as components:
         try:
             # Rank 0 fills the preprocessing cache; the others then read it instead of racing.
             with ranks.main_first():
                 samples = prepare_dataset(config, components, log=run.log,
                                           progress=_preprocess_progress(run.log))
             return fit(config, run, components, samples, device=device, precision=precision,
-                       ranks=ranks)
+                       ranks=ranks, peak=peak)
         finally:
             remove_lora(components.transformer)
+
+
+def load_options(config: TrainingConfig) -> dict[str, object]:
+    """Return the `load_components` options CONFIG's [model] asks for (beyond source)."""
+    model = config.model
+    # peft has no LoRA layer over fp8 weights: the targets stay in the compute dtype.
+    keep = tuple(config.lora.target_modules) if model.quantization == "fp8" else ()
+    return {"base": model.base, "quantization": model.quantization, "keep_unquantized": keep,
+            "text_encoder_8bit": model.text_encoder_8bit}
 
 
 @dataclass
@@ -90,7 +101,18 @@ class Geometry:
     tokens_per_frame: int  # tokens of the first latent frame
     patch_size: int
     patch_size_t: int
-    rope_scale: tuple[float, float, float]
+    rope_scale: tuple[float, float, float]  # at the default frame rate
+
+    def rope_for(self, frame_rates: torch.Tensor | None) -> tuple:
+        """Return the RoPE scale of a batch whose clips run at FRAME_RATES [B] (fps).
+
+        The time scale is (temporal compression / fps) per clip, as LTXPipeline computes it
+        for one video: a 30 fps clip's frames lie closer in time than a 24 fps clip's.
+        """
+        if frame_rates is None:
+            return self.rope_scale
+        time = self.rope_scale[0] * self.default_rate / frame_rates.to(torch.float32)
+        return (time[:, None, None, None, None], *self.rope_scale[1:])
 
     @classmethod
     def of(cls, components: Components, latents: torch.Tensor, frame_rate: float) -> Geometry:
@@ -102,7 +124,8 @@ class Geometry:
         return cls(frames=f, height=h, width=w, tokens=(f // pt) * (h // p) * (w // p),
                    tokens_per_frame=(h // p) * (w // p), patch_size=p, patch_size_t=pt,
                    rope_scale=(vae.temporal_compression_ratio / frame_rate,
-                               vae.spatial_compression_ratio, vae.spatial_compression_ratio))
+                               vae.spatial_compression_ratio, vae.spatial_compression_ratio),
+                   default_rate=frame_rate)
 
 
 @dataclass
@@ -110,12 +133,13 @@ class Batch:
     latents: torch.Tensor  # [B, C, F, H, W]
     embeds: torch.Tensor   # [B, L, D]
     mask: torch.Tensor     # [B, L]
+    frame_rates: torch.Tensor | None = None  # [B] fps; None: the geometry's default
 
 
 class Dataset:
     """The prepared samples stacked into tensors on the CPU (moved per batch)."""
 
-    def __init__(self, samples: list[PreparedSample]) -> None:
+    def __init__(self, samples: list[PreparedSample], default_rate: float = 25.0) -> None:
         if not samples:
             raise TrainingError("no training samples")
         shapes = {tuple(s.latents.shape) for s in samples}
@@ -125,15 +149,24 @@ class Dataset:
         self.latents = torch.stack([s.latents for s in samples])
         self.embeds = torch.stack([s.prompt_embeds for s in samples])
         self.mask = torch.stack([s.prompt_mask for s in samples])
+        # Each clip's own frame rate (images and files that do not say: DEFAULT_RATE).
+        self.frame_rates = torch.tensor([s.frame_rate or default_rate for s in samples],
+                                        dtype=torch.float64)
 
     def __len__(self) -> int:
         return self.latents.shape[0]
+
+    def common_frame_rate(self) -> float:
+        """Return the most common clip frame rate (the lowest on a tie)."""
+        rates, counts = torch.unique(self.frame_rates, return_counts=True)
+        return float(rates[counts.argmax()])
 
     def batch(self, indices: list[int], device: torch.device) -> Batch:
         """Return the samples at INDICES on DEVICE."""
         idx = torch.tensor(indices)
         return Batch(*(t[idx].to(device, non_blocking=True)
-                       for t in (self.latents, self.embeds, self.mask)))
+                       for t in (self.latents, self.embeds, self.mask)),
+                     frame_rates=self.frame_rates[idx].to(device))
 
 
 def training_loss(transformer: torch.nn.Module, batch: Batch, geometry: Geometry,
@@ -155,7 +188,7 @@ def training_loss(transformer: torch.nn.Module, batch: Batch, geometry: Geometry
     pred = transformer(
         hidden_states=noisy, encoder_hidden_states=batch.embeds, timestep=timesteps,
         encoder_attention_mask=batch.mask, num_frames=geometry.frames, height=geometry.height,
-        width=geometry.width, rope_interpolation_scale=geometry.rope_scale,
+        width=geometry.width, rope_interpolation_scale=geometry.rope_for(batch.frame_rates),
         return_dict=False)[0]
     keep = (~condition).to(torch.float32)[..., None]
     squared = (pred.float() - target.float()).pow(2) * keep
@@ -180,6 +213,8 @@ class Trainer:
     order: DataOrder
     ranks: Ranks
     step: int = 0
+    grad_norm: float | None = None  # of the last optimizer step, before clipping
+    metrics: MetricsWriter | None = None  # metrics.jsonl / samples.jsonl (rank 0 only)
 
     @property
     def output_dir(self) -> Path:
@@ -203,7 +238,8 @@ class Trainer:
         # Ranks average their gradients (and losses) before clipping, so all step alike.
         total = self.ranks.average(self.params, total)
         if opt.max_grad_norm > 0:
-            self.accelerator.clip_grad_norm_(self.params, opt.max_grad_norm)
+            norm = self.accelerator.clip_grad_norm_(self.params, opt.max_grad_norm)
+            self.grad_norm = float(norm) if norm is not None else None
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -395,8 +431,11 @@ class Trainer:
         if written is None:
             self.run.log(f"validation at step {self.step} interrupted by a stop request")
             return False
-        for path in written:
+        val = self.config.validation
+        for index, path in enumerate(written):
             self.run.sample_written(path, self.step)
+            if self.metrics is not None:
+                self.metrics.sample(self.step, index, val.prompts[index], val.seed, path)
         self.run.log(f"{len(written)} validation video(s) at step {self.step} "
                      f"in {time.monotonic() - start:.1f} s")
         return True
@@ -424,6 +463,11 @@ class Trainer:
             took = time.monotonic() - start
             sps = took if sps is None else sps + _SPS_SMOOTHING * (took - sps)
             self.run.progress(self.step, total, loss, lr, sps)
+            if self.metrics is not None:
+                opt = self.config.optimization
+                self.metrics.step(self.step, loss, lr, self.grad_norm, took, self.step
+                                  * opt.batch_size * opt.gradient_accumulation_steps
+                                  * self.ranks.count)
 
 
 
@@ -556,7 +600,7 @@ def _set_up(config: TrainingConfig, run: Run, components: Components,
         geometry=Geometry.of(components, data.latents, config.data.frame_rate), device=device,
         accelerator=accelerator, params=params, optimizer=optimizer, scheduler=scheduler,
         generators=Generators.seeded(opt.seed), order=DataOrder(len(data), opt.seed),
-        ranks=ranks)
+        ranks=ranks, metrics=MetricsWriter(Path(run.output_dir)) if ranks.is_main else None)
 
 
 _SAMPLE_NAME = re.compile(r"step_(\d+)_(\d+)\.mp4")
