@@ -57,7 +57,8 @@ class ClaimIndex:
             after = ",".join(map(str, job.meta.after)) or "-"
             line = (f"{path.name} {st.st_ino} {st.st_mtime_ns} {st.st_size} "
                     f"{job.meta.priority} {after}\n")
-            fd = os.open(self._tmp() / JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            fd = os.open(self.spool.tmp_dir() / JOURNAL,
+                         os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
             try:
                 os.write(fd, line.encode())
             finally:
@@ -79,7 +80,7 @@ class ClaimIndex:
                 continue
             cached = entries.get(name)
             if (cached is not None and cached[0] == st.st_ino and cached[1] == st.st_mtime_ns
-                    and cached[2] == st.st_size and st.st_mtime_ns < recent):
+                    and cached[2] == st.st_size and st.st_mtime_ns < recent and _valid(cached)):
                 out[name] = Facts(cached[3], tuple(cached[4]))
                 continue
             facts = _read_facts(self.spool.dir(State.PENDING) / name)
@@ -96,18 +97,19 @@ class ClaimIndex:
         return out
 
     def _tmp(self) -> Path:
-        return self.spool.tmp_dir()
+        return self.spool.path / "tmp"  # made again only where we write (a reader may not)
 
     def _load(self) -> None:
-        """Read the index file if it changed since we last did, then fold the journal in."""
+        """Read the index file if it changed since we last did, then fold the journal in.
+        Entries are checked when used, not here: most are never looked at twice."""
         path = self._tmp() / INDEX
         try:
             st = os.stat(path)
             if self._index_key != (st.st_ino, st.st_mtime_ns):
                 doc = json.loads(path.read_bytes())
-                self._entries = {str(k): v for k, v in doc.items() if _valid(v)}
+                self._entries = doc if isinstance(doc, dict) else {}
                 self._index_key = (st.st_ino, st.st_mtime_ns)
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError):
             pass
         self._take_journal()
 
@@ -118,6 +120,8 @@ class ClaimIndex:
             os.rename(journal, taken)  # appenders that still hold the old file only add misses
         except FileNotFoundError:
             return
+        except OSError:  # a spool this user cannot write: read the journal, leave it there
+            taken = journal
         try:
             for line in taken.read_text().splitlines():
                 try:  # NAME INODE MTIME_NS SIZE PRIORITY AFTER (comma-separated ids, or -)
@@ -130,14 +134,15 @@ class ClaimIndex:
         except OSError:
             pass
         finally:
-            taken.unlink(missing_ok=True)
+            if taken != journal:
+                taken.unlink(missing_ok=True)
 
     def _save(self) -> None:
         if not self._dirty:
             return
         path = self._tmp() / INDEX
         try:
-            write_atomic(path, json.dumps(self._entries), self._tmp(), durable=False)
+            write_atomic(path, json.dumps(self._entries), self.spool.tmp_dir(), durable=False)
             st = os.stat(path)
             self._index_key = (st.st_ino, st.st_mtime_ns)
         except OSError:

@@ -54,6 +54,7 @@ def fresh_job(job: Job, *, default_name: str = "") -> Job:
     """Return JOB with only the user's [job] keys kept: a new job, not a copy of an old run."""
     meta = job.meta
     return dataclasses.replace(job, meta=JobMeta(
+        kind=meta.kind,  # issue 12: the job's kind is the user's, like its name
         name=meta.name or default_name, priority=meta.priority, max_attempts=meta.max_attempts,
         after=list(meta.after), on_finish=meta.on_finish))
 
@@ -153,10 +154,7 @@ class Intake(Store):
         except (FileNotFoundError, ValueError):
             last = 0
         for state in State:
-            for name in os.listdir(self.dir(state)):
-                job_id = job_id_of(name)
-                if job_id is not None:
-                    last = max(last, job_id)
+            last = max(last, *self.numbered(state).values(), 0)
         self.write_text(counter, f"{last + 1}\n")
         return last + 1
 
@@ -171,7 +169,7 @@ class Intake(Store):
     def before_scan(self) -> set[str]:
         """Adopt settled hand-dropped pending/ files first; return the names of pending/ copies
         of jobs in other folders that are still there (not settled yet, or locked)."""
-        names = os.listdir(self.dir(State.PENDING))
+        names = self.listing(State.PENDING)
         copies = self.copies(names)
         if not self.writable():
             return copies

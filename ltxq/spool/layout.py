@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from enum import StrEnum
@@ -97,6 +98,7 @@ class Layout:
         # A hand-dropped file younger than this may still be being written: leave it alone.
         self.settle_seconds = settle_seconds
         self._ready = False
+        self._listings: dict[str, tuple[tuple[int, int], list[str], dict[str, int]]] = {}
 
     def __repr__(self) -> str:
         return f"Spool({str(self.path)!r})"
@@ -133,6 +135,29 @@ class Layout:
         """Return the folder of a state (or of logs, locks, control, tmp, invalid)."""
         self.require()
         return self.path / str(name)
+
+    def listing(self, name: State | str) -> list[str]:
+        """Return the names in folder NAME (do not change the list). A listing is reused while
+        the folder's mtime is unchanged and over 2 s old (a change within the clock's
+        granularity could keep it), so status and a daemon's passes list a big folder once."""
+        return self._listed(name)[1]
+
+    def numbered(self, name: State | str) -> dict[str, int]:
+        """Return {file name: job id} of the job files in folder NAME (do not change it)."""
+        return self._listed(name)[2]
+
+    def _listed(self, name: State | str) -> tuple[tuple[int, int], list[str], dict[str, int]]:
+        path = self.dir(name)
+        st = os.stat(path)
+        key = (st.st_ino, st.st_mtime_ns)
+        cached = self._listings.get(str(name))
+        if cached is not None and cached[0] == key:
+            return cached
+        names = os.listdir(path)
+        listed = (key, names, {n: i for n in names if (i := job_id_of(n)) is not None})
+        if st.st_mtime_ns < time.time_ns() - 2_000_000_000:
+            self._listings[str(name)] = listed
+        return listed
 
     def tmp_dir(self) -> Path:
         """Return tmp/, made again if someone deleted it (it is safe to delete at any time)."""

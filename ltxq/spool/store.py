@@ -98,10 +98,7 @@ class Store(Layout):
         """Return the ids of the job files in STATE's folder(s), sorted; reads no file."""
         out = set()
         for st in states(state):
-            for name in os.listdir(self.dir(st)):
-                job_id = job_id_of(name)
-                if job_id is not None:
-                    out.add(job_id)
+            out.update(self.numbered(st).values())
         return sorted(out)
 
     def read(self, path: Path, state: State) -> Job:
@@ -161,7 +158,7 @@ class Store(Layout):
         to be adopted, and copies of jobs that are in another folder."""
         pending = self.dir(State.PENDING)
         out = []
-        names = sorted(os.listdir(pending))
+        names = sorted(self.listing(State.PENDING))
         copies = self.copies(names)
         writable = os.access(pending, os.W_OK) and os.access(self.dir("tmp"), os.W_OK)
         for name in names:
@@ -186,7 +183,7 @@ class Store(Layout):
         copies: set[str] = set()
         if numbered:
             for st in LOOKUP[:-1]:
-                copies.update(numbered.intersection(os.listdir(self.dir(st))))
+                copies.update(numbered.intersection(self.numbered(st)))
         return copies
 
     def scan_with(self, read: Callable[[Path, State], _T],
@@ -205,9 +202,10 @@ class Store(Layout):
         problems: list[Invalid] = []
         for st in states(state):
             folder = self.dir(st)
-            for name in sorted(os.listdir(folder)):
-                job_id = job_id_of(name)
-                if job_id is None or (st is State.PENDING and name in copies):
+            numbered = self.numbered(st)
+            for name in sorted(numbered):
+                job_id = numbered[name]
+                if st is State.PENDING and name in copies:
                     continue
                 if select is not None and not select(st, job_id):
                     by_id[job_id] = st
@@ -233,7 +231,7 @@ class Store(Layout):
 
     def before_scan(self) -> set[str]:
         """Return the names of pending/ copies of jobs in other folders (to leave out)."""
-        return self.copies(os.listdir(self.dir(State.PENDING)))
+        return self.copies(self.listing(State.PENDING))
 
     def bad_job_file(self, path: Path, state: State, job_id: int,
                      error: ConfigError) -> Invalid | None:

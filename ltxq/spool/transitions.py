@@ -80,8 +80,7 @@ class Transitions(Intake):
             return Claimed(None)
         self._idle = None
         copies = self.before_scan()
-        names = {n: i for n in os.listdir(self.dir(State.PENDING))
-                 if (i := job_id_of(n)) is not None and n not in copies}
+        names = {n: i for n, i in self.numbered(State.PENDING).items() if n not in copies}
         self._claim_index = self._claim_index or ClaimIndex(self)
         facts = self._claim_index.facts(names)
         order = sorted(facts, key=lambda n: (-facts[n].priority, names[n]))
