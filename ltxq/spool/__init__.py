@@ -25,11 +25,11 @@ from ltxq.spool.intake import apply_overrides, fresh_job
 from ltxq.spool.layout import FINISHED, State, file_name, stem
 from ltxq.spool.store import Dropped, Entry, Invalid, Scanned
 from ltxq.spool.table import TABLE, Ending, Op
-from ltxq.spool.transitions import Claim, Claimed, Transitions
+from ltxq.spool.transitions import Claim, Claimed, Transitions, run_order
 
 __all__ = ["FINISHED", "TABLE", "Claim", "Claimed", "Dropped", "Ending", "Entry", "Invalid",
            "Op", "Scanned", "Spool", "State", "apply_overrides", "file_name", "fresh_job",
-           "stem"]
+           "run_order", "stem"]
 
 
 class Spool(Transitions):

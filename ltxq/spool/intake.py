@@ -325,5 +325,7 @@ def _free_output_dir(job: Job) -> Path:
     from ltxq.outputs import pick_output_dir
 
     assert job.meta.key is not None
+    if job.kind != "train":  # issue 12: caption/preprocess jobs work in their dataset folder
+        return job.output_dir()
     return pick_output_dir(job.output_dir(), job.meta.key)
 

@@ -5,6 +5,7 @@ finished so the daemon can run on_finish for every job that ends."""
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import os
 import time
 from collections.abc import Iterable
@@ -19,13 +20,19 @@ from ltxq.errors import ConfigError, WrongState
 from ltxq.fsutil import Lock
 from ltxq.job import Job, parse_job
 from ltxq.progress import last_progress
-from ltxq.spool.claimindex import ClaimIndex
+from ltxq.spool.claimindex import ClaimIndex, Facts
 from ltxq.spool.deps import find_cycle, parents_block
 from ltxq.spool.intake import Intake
 from ltxq.spool.layout import State, job_id_of, states, stem
 from ltxq.spool.liveness import owner_alive, this_process
 from ltxq.spool.store import Entry
 from ltxq.spool.table import Ending, Op, ending_move, interruption, rule
+
+
+def run_order(priority: int, job_id: int) -> tuple[int, int]:
+    """The sort key of the queue: higher priority first, then lower id (DESIGN.md §1)."""
+    return -priority, job_id
+
 
 # A fruitless claim pass is repeated only when a folder changed, or after this long at most (a
 # file edited in place changes no folder).
@@ -79,11 +86,8 @@ class Transitions(Intake):
                 and time.monotonic() - self._idle[1] < FULL_PASS_S):
             return Claimed(None)
         self._idle = None
-        copies = self.before_scan()
-        names = {n: i for n, i in self.numbered(State.PENDING).items() if n not in copies}
-        self._claim_index = self._claim_index or ClaimIndex(self)
-        facts = self._claim_index.facts(names)
-        order = sorted(facts, key=lambda n: (-facts[n].priority, names[n]))
+        names, facts = self._pending_facts(self.before_scan())
+        order = sorted(facts, key=lambda n: run_order(facts[n].priority, names[n]))
         graph = {names[n]: list(facts[n].after) for n in order}
         known: dict[int, State | None] = {}
 
@@ -112,6 +116,19 @@ class Transitions(Intake):
         if not busy and not result.finished and signature is not None:
             self._idle = (signature, time.monotonic())
         return result
+
+    def next_pending(self, count: int) -> list[int]:
+        """Return the ids of the COUNT pending jobs that run first (priority, then id; `after`
+        not considered), from the claim index: a stat per pending file, no parse."""
+        names, facts = self._pending_facts(self.copies(self.listing(State.PENDING)))
+        first = heapq.nsmallest(count, facts, key=lambda n: run_order(facts[n].priority, names[n]))
+        return [names[n] for n in first]
+
+    def _pending_facts(self, copies: set[str]) -> tuple[dict[str, int], dict[str, Facts]]:
+        """Return the pending job files (name -> id, copies left out) and their claim facts."""
+        names = {n: i for n, i in self.numbered(State.PENDING).items() if n not in copies}
+        self._claim_index = self._claim_index or ClaimIndex(self)
+        return names, self._claim_index.facts(names)
 
     def _signature(self) -> tuple[int, ...] | None:
         """Return the mtimes of the folders a claim depends on, or None if one changed in the

@@ -29,7 +29,7 @@ from ltxq.fsutil import read_regular
 from ltxq.job import JobMeta
 from ltxq.progress import Progress, last_progress
 from ltxq.spool import FINISHED, Spool, State, file_name, stem
-from ltxq.spool.claimindex import UNREADABLE_PRIORITY, ClaimIndex
+from ltxq.spool.claimindex import UNREADABLE_PRIORITY
 from ltxq.status.forkpool import fork_map
 from ltxq.status.records import (
     NEXT_PENDING,
@@ -204,11 +204,9 @@ class StatusReader:
         ids = self.spool.ids(State.PENDING)
         if len(ids) <= count:
             return None
-        names = {file_name(i): i for i in ids}
         try:
-            facts = ClaimIndex(self.spool).facts(names)
-            priorities = {names[name]: f.priority for name, f in facts.items()}
-        except OSError:  # e.g. a spool this user cannot write: read the files instead
+            return set(self.spool.next_pending(count))
+        except OSError:  # e.g. an unreadable index: read the files instead
             priorities = self._pending_priorities(ids)
         first = heapq.nsmallest(count, priorities, key=lambda i: run_order(priorities[i], i))
         return set(first)

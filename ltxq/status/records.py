@@ -16,7 +16,7 @@ from typing import Any
 
 from ltxq.job import Job
 from ltxq.progress import Progress, last_progress
-from ltxq.spool import FINISHED, Dropped, Entry, Invalid, Spool, State
+from ltxq.spool import FINISHED, Dropped, Entry, Invalid, Spool, State, run_order
 
 RECENT_FINISHED = 10  # finished jobs the default table shows before folding the rest
 NEXT_PENDING = 20  # pending jobs (the next to run) the default table shows before folding
@@ -31,13 +31,15 @@ def job_facts(job: Job) -> dict[str, Any]:
     """Return what a record takes from the job file, as JSON data (what the cache keeps)."""
     meta, config = job.meta, job.config
     return {
-        "id": job.id, "name": meta.name, "dataset": config.data.dataset,
+        "id": job.id, "kind": job.kind, "name": meta.name, "dataset": config.data.dataset,
         "model": config.model.source, "priority": meta.priority, "attempts": meta.attempts,
         "max_attempts": meta.max_attempts, "after": list(meta.after),
         "submitted_at": _iso(meta.submitted_at), "started_at": _iso(meta.started_at),
         "finished_at": _iso(meta.finished_at), "worker": meta.worker, "device": meta.device,
         "slurm_job_id": meta.slurm_job_id, "step": meta.step,
-        "total_steps": config.optimization.steps, "output_dir": str(job.output_dir()),
+        # Another kind's total (clips, files) is known once it runs: its progress line says.
+        "total_steps": config.optimization.steps if job.kind == "train" else None,
+        "output_dir": str(job.output_dir()),
         "checkpoint": meta.checkpoint, "validation_sample": meta.validation_sample,
         "error": meta.error,
     }
@@ -52,6 +54,11 @@ def build_record(state: State, path: Path, facts: dict[str, Any],
                  progress: Progress | None) -> dict[str, Any]:
     """Return the status record of one job (the `status --json` object)."""
     running = state is State.RUNNING
+    kind = facts.get("kind", "train")  # facts cached before job kinds have none
+    total = facts["total_steps"]
+    if total is None and progress:
+        total = progress.total
+    trains = kind == "train"  # only training has a loss and a learning rate
     if running and progress:
         step = progress.step
     else:
@@ -60,6 +67,7 @@ def build_record(state: State, path: Path, facts: dict[str, Any],
     return {
         "id": facts["id"],
         "state": str(state),
+        "kind": kind,
         "name": facts["name"],
         "dataset": facts["dataset"],
         "model": facts["model"],
@@ -74,9 +82,9 @@ def build_record(state: State, path: Path, facts: dict[str, Any],
         "device": facts["device"],
         "slurm_job_id": facts["slurm_job_id"],
         "step": step,
-        "total_steps": facts["total_steps"],
-        "loss": progress.loss if progress else None,
-        "learning_rate": progress.lr if progress else None,
+        "total_steps": total,
+        "loss": progress.loss if progress and trains else None,
+        "learning_rate": progress.lr if progress and trains else None,
         "seconds_per_step": progress.seconds_per_step if progress and running else None,
         "eta_seconds": progress.eta_seconds if progress and running else None,
         "output_dir": facts["output_dir"],
@@ -107,9 +115,6 @@ def dropped_record(item: Dropped) -> dict[str, Any]:
             "reason": item.reason}
 
 
-def run_order(priority: int, job_id: int) -> tuple[int, int]:
-    """Return the sort key of a pending job: higher priority first, then lower id."""
-    return (-priority, job_id)
 
 
 @dataclasses.dataclass
