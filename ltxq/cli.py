@@ -144,13 +144,23 @@ def _ids(values: tuple[str, ...]) -> list[int]:
 @click.option("--rank", type=int, help="Flag form: lora.rank.")
 @click.option("--model", help="Flag form: model.source (hub id, folder, tiny-random).")
 @click.option("--resolution", help="Flag form: data.resolution, WxHxF.")
+@click.option("--caption", "caption_dataset", metavar="DATASET",
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Queue a caption job for DATASET (--model names the captioner).")
+@click.option("--preprocess", "preprocess_dataset", metavar="DATASET",
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Queue a preprocess job for DATASET (model and resolution: --config).")
+@click.option("--config", "kind_config", metavar="CONFIG.toml",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="With --preprocess: the training job file whose cache to fill.")
 @pass_spool
 def submit(spool: Spool, configs: tuple[Path, ...], sets: tuple[str, ...],
            sweeps: tuple[str, ...], priority: int | None,
            name: str | None, after: tuple[str, ...], unique: bool, max_attempts: int | None,
            on_finish: str | None, dataset: Path | None, steps: int | None,
            learning_rate: float | None, validation_prompt: tuple[str, ...], rank: int | None,
-           model: str | None, resolution: str | None) -> None:
+           model: str | None, resolution: str | None, caption_dataset: Path | None,
+           preprocess_dataset: Path | None, kind_config: Path | None) -> None:
     """Validate and queue jobs; print only their ids (one per line).
 
     Give CONFIG.toml files, or the flag form: --dataset DIR --steps N --learning-rate LR
@@ -171,6 +181,16 @@ def submit(spool: Spool, configs: tuple[Path, ...], sets: tuple[str, ...],
         overrides[key.strip()] = _toml_value(value.strip())
     if model and model.startswith((".", "/", "~")):
         overrides["model.source"] = str(Path(model).expanduser().absolute())
+    kind_dataset = caption_dataset or preprocess_dataset
+    if kind_dataset or kind_config:  # a caption or preprocess job: ltxq/caption/cli.py
+        from ltxq.caption.cli import submit_kind
+
+        if configs or sweeps or (caption_dataset and preprocess_dataset) or not kind_dataset:
+            raise click.UsageError("--caption DATASET or --preprocess DATASET [--config "
+                                   "CONFIG.toml], without CONFIG.toml files or --sweep")
+        click.echo(submit_kind(spool, "caption" if caption_dataset else "preprocess",
+                               kind_dataset, overrides, kind_config, unique=unique))
+        return
     from ltxq.sweep import expand, grid_name, parse_sweep
 
     points = expand(parse_sweep(item) for item in sweeps)
@@ -601,3 +621,7 @@ from ltxq.web import cli as _web_cli  # noqa: E402 - after the group they join
 
 cli.add_command(_web_cli.web)
 cli.add_command(_web_cli.up)
+
+from ltxq.caption.cli import caption as _caption  # noqa: E402 - issue 12: `ltxq caption`
+
+cli.add_command(_caption)

@@ -191,6 +191,99 @@ class TrainingConfig:
 SECTIONS: dict[str, type] = typing.get_type_hints(TrainingConfig)
 
 
+# --- job kinds (issue 12): each kind has its own section; `train` is the default -----------
+KINDS = ("train", "caption", "preprocess")
+DEFAULT_CAPTION_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
+DEFAULT_CAPTION_PROMPT = "Shortly describe the content of this video in two sentences."
+
+
+@dataclass(frozen=True)
+class CaptionConfig:
+    """A caption job's [caption] section (also what `ltxq caption` runs)."""
+
+    dataset: str = _doc("Folder of videos/images to caption; relative to the job file.")
+    model: str = _doc("Vision-language model: hub id, local folder, or 'tiny-random'.",
+                      DEFAULT_CAPTION_MODEL)
+    revision: str | None = _doc("Hub revision of a hub id.", None)
+    prompt: str = _doc("Instruction given with every clip.", DEFAULT_CAPTION_PROMPT)
+    override: bool = _doc("Caption clips that already have a caption too (the old one is kept "
+                          "in the file or backed up).", False)
+    format: str = _doc("Where captions go: jsonl (captions.jsonl) or txt (clip.txt sidecars).",
+                       "jsonl", choices=("jsonl", "txt"))
+    max_new_tokens: int = _doc("Most tokens generated per caption.", 200, min=1, max=4096)
+    fps: float = _doc("Frames per second sampled from a video.", 3.0, min=0.1, max=60.0)
+    max_frames: int = _doc("Most frames given to the model per video.", 64, min=2, max=768)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """A preprocess job's [preprocess] section: the dataset and the keys that shape its cache."""
+
+    dataset: str = _doc("Folder of videos/images with captions; relative to the job file.")
+    model: str = _doc("model.source of the training jobs that will use the cache.",
+                      "Lightricks/LTX-Video")
+    revision: str | None = _doc("model.revision.", None)
+    resolution: str = _doc("data.resolution: bucket WIDTHxHEIGHTxFRAMES.", "768x448x89")
+    frame_rate: float = _doc("data.frame_rate.", 25.0, min=1.0)
+    caption_prefix: str = _doc("data.caption_prefix.", "")
+
+
+# What a job of each non-train kind may hold besides [job]: its own section, and [resources]
+# (Slurm, processes) which every kind shares.
+KIND_SECTIONS: dict[str, dict[str, type]] = {
+    "caption": {"caption": CaptionConfig, "resources": ResourcesConfig},
+    "preprocess": {"preprocess": PreprocessConfig, "resources": ResourcesConfig},
+}
+
+
+def parse_kind_sections(kind: str, raw: dict[str, Any], *, base_dir: Path | None = None,
+                        require_dataset_exists: bool = False
+                        ) -> tuple[CaptionConfig | PreprocessConfig, ResourcesConfig]:
+    """Validate a caption or preprocess job's sections: (its own section, [resources])."""
+    allowed = KIND_SECTIONS[kind]
+    unknown = sorted(set(raw) - set(allowed))
+    if unknown:
+        raise ConfigError(f"unknown section for a {kind} job (known: {', '.join(allowed)})",
+                          key=unknown[0])
+    if kind not in raw:
+        raise ConfigError(f"is required for a {kind} job (at least its dataset)", key=kind)
+    parsed = {}
+    for name, cls in allowed.items():
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError("must be a table", key=name)
+        parsed[name] = _parse_section(cls, table, name)
+    task = parsed[kind]
+    if not task.dataset:
+        raise ConfigError("is required (the dataset folder)", key=f"{kind}.dataset")
+    if isinstance(task, PreprocessConfig):
+        try:
+            Resolution.parse(task.resolution)
+        except ValueError as e:
+            raise ConfigError(str(e), key=f"{kind}.resolution") from None
+    if base_dir is not None:
+        changes = {"dataset": str((base_dir / Path(task.dataset).expanduser()).resolve())}
+        if looks_like_local_path(task.model, base_dir):
+            changes["model"] = str((base_dir / Path(task.model).expanduser()).resolve())
+        task = dataclasses.replace(task, **changes)
+    if require_dataset_exists:
+        if not Path(task.dataset).is_dir():
+            raise ConfigError(f"dataset folder not found: {task.dataset}", key=f"{kind}.dataset")
+        if looks_like_local_path(task.model) and not Path(task.model).expanduser().is_dir():
+            raise ConfigError(f"model folder not found: {task.model}", key=f"{kind}.model")
+    return task, parsed["resources"]
+
+
+def preprocess_training_config(task: PreprocessConfig,
+                               resources: ResourcesConfig | None = None) -> TrainingConfig:
+    """Return the training config whose cache a [preprocess] section fills."""
+    return TrainingConfig(
+        model=ModelConfig(source=task.model, revision=task.revision),
+        data=DataConfig(dataset=task.dataset, resolution=task.resolution,
+                        frame_rate=task.frame_rate, caption_prefix=task.caption_prefix),
+        resources=resources or ResourcesConfig())
+
+
 def parse_config(raw: dict[str, Any], *, base_dir: Path | None = None,
                  require_dataset_exists: bool = False) -> TrainingConfig:
     """Validate the training sections of RAW (a TOML dict without [job]).

@@ -19,11 +19,21 @@ from typing import Any
 
 import tomli_w
 
-from ltxq.config import TrainingConfig, _checker, _show, parse_config
+from ltxq.config import (
+    KINDS,
+    DataConfig,
+    ModelConfig,
+    TrainingConfig,
+    _checker,
+    _show,
+    parse_config,
+    parse_kind_sections,
+    preprocess_training_config,
+)
 from ltxq.errors import ConfigError
 
 # [job] keys a user may set in a submitted file; the rest are ltxq's bookkeeping.
-USER_JOB_KEYS = ("name", "priority", "max_attempts", "after", "on_finish")
+USER_JOB_KEYS = ("kind", "name", "priority", "max_attempts", "after", "on_finish")
 MAX_NAME_LENGTH = 200
 # A job file needs three levels (section, key, list); anything far deeper is hostile, and
 # tomllib recurses per bracket and is quadratic in the parts of one dotted key.
@@ -35,6 +45,7 @@ class JobMeta:
     """The [job] table ltxq keeps in every job file. The state is the file's folder."""
 
     id: int | None = None
+    kind: str = "train"           # train, caption or preprocess: which section and run function
     name: str = ""
     priority: int = 0
     max_attempts: int = 3
@@ -62,6 +73,7 @@ _META_RULES: dict[str, dict[str, Any]] = {
     "max_attempts": {"min": 1, "max": 1000},
     "attempts": {"min": 0},
     "id": {"min": 1},
+    "kind": {"choices": KINDS},
     "after": {"min": 1},
 }
 
@@ -72,7 +84,19 @@ class Job:
 
     meta: JobMeta
     raw: dict[str, Any]          # the training sections as written (paths made absolute)
+    # What generic code reads (dataset, model, resources); for a caption or preprocess job a
+    # training config built from its section, never trained.
     config: TrainingConfig
+    task: Any = None             # the kind's own config, what its run function gets
+
+    @property
+    def kind(self) -> str:
+        return self.meta.kind
+
+    @property
+    def work(self) -> Any:
+        """The config the kind's run function takes: `config` for train, else `task`."""
+        return self.config if self.task is None else self.task
 
     @property
     def id(self) -> int:
@@ -85,13 +109,17 @@ class Job:
 
     def with_raw(self, raw: dict[str, Any], base_dir: Path | None = None) -> Job:
         """Return a copy with new training sections, validated."""
-        return dataclasses.replace(self, raw=raw, config=parse_config(raw, base_dir=base_dir))
+        config, task = _parse_kind(self.meta.kind, raw, base_dir=base_dir)
+        return dataclasses.replace(self, raw=raw, config=config, task=task)
 
     def fingerprint(self) -> str:
         """Hash of the training config (defaults filled), for duplicate detection.
 
         Only the config: [job] (name, priority, key...) never makes two jobs different.
         """
+        if self.task is not None:  # another kind: its own section, and the kind
+            text = json.dumps([self.kind, dataclasses.asdict(self.task)], sort_keys=True)
+            return hashlib.sha256(text.encode()).hexdigest()[:16]
         text = json.dumps(dataclasses.asdict(self.config), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -99,6 +127,8 @@ class Job:
         """Where this job's outputs go: {output.root}/lora_r{rank}_job{id}/."""
         if self.meta.output_dir:
             return Path(self.meta.output_dir)
+        if self.task is not None:  # caption and preprocess jobs work on their dataset
+            return Path(self.task.dataset)
         return Path(self.config.output.root) / f"lora_r{self.config.lora.rank}_job{self.id}"
 
 
@@ -170,12 +200,37 @@ def job_from_dict(doc: dict[str, Any], *, file: Path | str | None = None,
     doc = dict(doc)
     try:
         meta = parse_meta(doc.pop("job", {}))
-        config = parse_config(doc, base_dir=base_dir,
-                              require_dataset_exists=require_dataset_exists)
+        config, task = _parse_kind(meta.kind, doc, base_dir=base_dir,
+                                   require_dataset_exists=require_dataset_exists)
     except ConfigError as e:
         raise e.with_file(file) if file else e from None
-    raw = _absolutize_raw(doc, config)
-    return Job(meta=meta, raw=raw, config=config)
+    raw = _absolutize_raw(doc, config) if task is None else _absolutize_task(meta.kind, doc, task)
+    return Job(meta=meta, raw=raw, config=config, task=task)
+
+
+def _parse_kind(kind: str, doc: dict[str, Any], *, base_dir: Path | None = None,
+                require_dataset_exists: bool = False) -> tuple[TrainingConfig, Any]:
+    """Validate DOC's sections for a job of KIND: (the generic training view, the task or None)."""
+    if kind == "train":
+        return parse_config(doc, base_dir=base_dir,
+                            require_dataset_exists=require_dataset_exists), None
+    task, resources = parse_kind_sections(kind, doc, base_dir=base_dir,
+                                          require_dataset_exists=require_dataset_exists)
+    if kind == "preprocess":
+        return preprocess_training_config(task, resources), task
+    view = TrainingConfig(model=ModelConfig(source=task.model, revision=task.revision),
+                          data=DataConfig(dataset=task.dataset), resources=resources)
+    return view, task
+
+
+def _absolutize_task(kind: str, doc: dict[str, Any], task: Any) -> dict[str, Any]:
+    """Copy DOC with the kind's resolved dataset and local model path written back."""
+    raw = _plain_copy(doc)
+    section = raw.setdefault(kind, {})
+    section["dataset"] = task.dataset
+    if "model" in section:
+        section["model"] = task.model
+    return raw
 
 
 def parse_meta(table: Any) -> JobMeta:
@@ -198,7 +253,8 @@ def parse_meta(table: Any) -> JobMeta:
 
 
 _META_TYPES: dict[str, Any] = {
-    "id": int | None, "name": str, "priority": int, "max_attempts": int, "attempts": int,
+    "id": int | None, "kind": str, "name": str, "priority": int, "max_attempts": int,
+    "attempts": int,
     "after": list[int], "on_finish": str | None, "submitted_at": datetime,
     "started_at": datetime, "finished_at": datetime, "worker": str | None,
     "worker_start": str | None, "author_uid": int | None,
@@ -246,7 +302,8 @@ def check_name(job: Job, file: Path | str | None = None) -> None:
 def dump_job(job: Job) -> str:
     """Render JOB as TOML text: [job] first, then the training sections."""
     meta = {k: v for k, v in dataclasses.asdict(job.meta).items()
-            if v is not None and v != [] and not (k == "error" and v == "")}
+            if v is not None and v != [] and not (k == "error" and v == "")
+            and not (k == "kind" and v == "train")}  # train files stay as they were
     return tomli_w.dumps({"job": meta, **job.raw})
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from ltxq.errors import ConfigError, LtxqError
 from ltxq.executors.base import Settled
 from ltxq.executors.jobrun import JobRun
+from ltxq.executors.kinds import check_after_captions, release_others, run_function
 from ltxq.spool import Claim, Ending, Spool
 from ltxq.workers import Registration
 
@@ -97,14 +98,16 @@ class LocalExecutor:
                             f"{self._device or 'auto'}, attempt {job.meta.attempts + 1} of "
                             f"{job.meta.max_attempts}); output {job.output_dir()}")
         try:
-            train = self._trainer_fn()
+            train = run_function(job.kind, self._trainer_fn)  # by kind: executors/kinds.py
         except LtxqError as e:
             # A broken install must not fail the queue's jobs: give this one back and stop.
             spool.log(claim.id, f"{e}; requeued")
             return Settled(claim, Ending.NOT_RUN, fatal=e)
+        release_others(job.kind, lambda message: spool.log(claim.id, message))
         run = JobRun(spool, claim, self._trainer_device, self._stopping)
         try:
-            result = train(job.config, run)
+            check_after_captions(spool, job)
+            result = train(job.work, run)
         except Exception as e:  # noqa: BLE001 - the job's outcome, not the daemon's
             error = one_line(e)
             spool.log(claim.id, "failed: " + error)

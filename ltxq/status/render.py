@@ -14,10 +14,12 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-def progress_cell(step: int | None, total: int, width: int = 22) -> str:
+def progress_cell(step: int | None, total: int | None, width: int = 22) -> str:
     """Return "[#####---] 12/20" in WIDTH characters (the bar shrinks to fit the numbers)."""
     if step is None:
         return ""
+    if total is None:  # a caption or preprocess job whose total no progress line gave yet
+        return str(step)
     numbers = f"{step}/{total}"
     bar_width = width - len(f"{total}/{total}") - 3  # same bar width for every step of a job
     if bar_width < 4:
@@ -34,7 +36,10 @@ def _row(r: dict[str, Any]) -> list[str]:
     eta = format_duration(r["eta_seconds"]) if r.get("eta_seconds") is not None else ""
     if r["state"] == "pending" and r["after"]:
         eta = "after " + ",".join(str(a) for a in r["after"])
-    line = (f"{r['id']:>5} {r['state']:<9} {_cut(r['name'] or '-', 16):<16} {r['priority']:>4} "
+    name = r["name"] or "-"
+    if r.get("kind", "train") != "train":  # mark the other kinds: "caption: cakes"
+        name = f"{r['kind']}: {name}"
+    line = (f"{r['id']:>5} {r['state']:<9} {_cut(name, 16):<16} {r['priority']:>4} "
             f"{progress_cell(r['step'], r['total_steps']):<22} {loss:>7} {eta:>8}")
     rows = [line.rstrip()]
     if r.get("error"):

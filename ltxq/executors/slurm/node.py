@@ -37,6 +37,7 @@ from typing import Any
 
 from ltxq.errors import JobNotFound, LtxqError
 from ltxq.executors.jobrun import JobRun, checkpoint_line, sample_line
+from ltxq.executors.kinds import check_after_captions, run_function
 from ltxq.executors.local import one_line, resolve_trainer
 from ltxq.run import Outcome, TrainResult
 from ltxq.spool import Claim, Spool, State
@@ -132,12 +133,14 @@ def run_job(spool: Spool, job_id: int, stop: StopFlag, *, trainer: Trainer | str
     run.log(f"Slurm job {ours or '-'} started on {socket.gethostname()}:{os.getpid()} "
             f"(device {device or 'auto'}); output {run.output_dir}")
     try:
-        train = trainer if callable(trainer) else resolve_trainer(trainer)
+        train = run_function(entry.job.kind, lambda: trainer if callable(trainer)
+                             else resolve_trainer(trainer))  # by kind: executors/kinds.py
     except LtxqError as e:
         run.log(f"{e}; the daemon requeues it")
         return EXIT_NO_TRAINER, None, str(e)
     try:
-        result = train(entry.job.config, run)
+        check_after_captions(spool, entry.job)
+        result = train(entry.job.work, run)
     except Exception as e:  # noqa: BLE001 - the edge: any crash becomes the job's error
         error = one_line(e)
         run.log("failed: " + error)
