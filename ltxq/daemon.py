@@ -138,6 +138,7 @@ class Daemon:
         while not self._stopping:
             self._clean_tmp()
             self._finished(self.spool.recover())
+            self._finished(self.spool.take_ended())  # cancelled by a user, outside a daemon
             self._settle(self.executor.poll())
             if self._start_jobs():
                 continue  # settle what a local run ended at once; look at Slurm's new jobs

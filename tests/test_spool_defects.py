@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, write_config
+from conftest import REPO, wait_for, write_config
 
 from ltxq import Spool
 from ltxq.errors import BadArgument, NoSpool
@@ -225,3 +225,28 @@ def test_a_daemon_rolls_back_an_adoption_that_a_kill_9_interrupted(env):
     jobs = env.status()
     assert [j["state"] for j in jobs] == ["done", "done"]  # the night job ran after all
     assert not staged.exists() and not dead.exists()
+
+
+HOOK = 'echo "$LTXQ_JOB_ID $LTXQ_JOB_STATE" >> "$LTXQ_SPOOL/../hooks.txt"'
+
+
+def test_on_finish_runs_for_jobs_a_user_cancelled_outside_any_daemon(env):
+    """README promises the hook on every job end: a pending job cancelled by `ltxq cancel`
+    ends in the CLI, not in a daemon; a daemon runs its hooks (exactly once) all the same."""
+    env.config(steps=1)
+    first, second = env.submit("job.toml"), env.submit("job.toml")
+    env.run("pause")  # nothing is claimed: the jobs stay pending
+    env.run("cancel", str(first))  # no daemon runs at all
+    d1, d2 = env.daemon("--on-finish", HOOK), env.daemon("--on-finish", HOOK)
+    hooks = env.root / "hooks.txt"
+    wait_for(lambda: hooks.exists() and f"{first} cancelled" in hooks.read_text(), 30,
+             "the hook of a job cancelled before any daemon ran")
+    env.run("cancel", str(second))  # while two daemons are idle
+    wait_for(lambda: f"{second} cancelled" in hooks.read_text(), 30, "the second hook")
+    time.sleep(1.0)
+    for d in (d1, d2):
+        d.send_signal(signal.SIGTERM)
+        d.wait(timeout=30)
+    assert sorted(hooks.read_text().split("\n")[:-1]) == [f"{first} cancelled",
+                                                          f"{second} cancelled"]
+    assert not [n for n in os.listdir(env.spool / "control") if n.endswith(".ended")]

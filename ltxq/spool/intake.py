@@ -287,10 +287,21 @@ class Intake(Store):
             elif name.endswith(".tmp") and age >= safe_age:
                 path.unlink(missing_ok=True)  # a write_atomic staging file of a dead process
                 done.append(f"removed dead staging file tmp/{name}")
+            elif name.startswith("ended-") and age >= safe_age:
+                done.append(self._put_back_note(path))
             elif name.startswith("edit-") and age >= EDIT_SAFE_AGE_S:
                 path.unlink(missing_ok=True)
                 done.append(f"removed abandoned edit buffer tmp/{name}")
         return done
+
+    def _put_back_note(self, staged: Path) -> str:
+        """A daemon died while taking an `ended` note: give the note back to control/."""
+        note = staged.name.split("-", 2)[-1]
+        try:
+            os.rename(staged, self.dir("control") / note)
+        except FileNotFoundError:
+            return f"tmp/{staged.name} vanished meanwhile"
+        return f"put back tmp/{staged.name} as control/{note} (its on_finish had not run)"
 
     def _roll_back_adoption(self, staged: Path) -> str:
         """A staged adoption whose adopter died: drop it if its job was published, else put the

@@ -8,6 +8,7 @@ import dataclasses
 import heapq
 import os
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -16,7 +17,7 @@ from typing import Any
 
 from ltxq import fsutil
 from ltxq import job as jobfile
-from ltxq.errors import ConfigError, WrongState
+from ltxq.errors import ConfigError, LtxqError, WrongState
 from ltxq.fsutil import Lock
 from ltxq.job import Job, parse_job
 from ltxq.progress import last_progress
@@ -32,6 +33,10 @@ from ltxq.spool.table import Ending, Op, ending_move, interruption, rule
 def run_order(priority: int, job_id: int) -> tuple[int, int]:
     """The sort key of the queue: higher priority first, then lower id (DESIGN.md §1)."""
     return -priority, job_id
+
+
+ENDED = ".ended"            # control/<id>.ended: finished outside a daemon, hooks not run yet
+ENDED_PREFIX = "ended-"    # tmp/ended-*: a note a daemon is taking
 
 
 # A fruitless claim pass is repeated only when a folder changed, or after this long at most (a
@@ -298,6 +303,7 @@ class Transitions(Intake):
                 if self._move_locked(job_id, State.PENDING, State.CANCELLED,
                                      finished_at=self.clock()) is not None:
                     self.log(job_id, "cancelled while pending")
+                    self._ended_elsewhere(job_id)
                     return State.CANCELLED
             elif self._cancel_orphan(job_id):
                 return State.CANCELLED
@@ -321,7 +327,35 @@ class Transitions(Intake):
             return False
         self.finish(claim, State.CANCELLED, worker=None, worker_start=None)
         self.log(job_id, "cancelled (its daemon was gone)")
+        self._ended_elsewhere(job_id)
         return True
+
+    def _ended_elsewhere(self, job_id: int) -> None:
+        """Leave a note (control/<id>.ended) that JOB_ID finished outside any daemon, so that
+        the next daemon runs its on_finish hooks (`take_ended`)."""
+        self.write_text(self.dir("control") / f"{stem(job_id)}{ENDED}", "")
+
+    def take_ended(self) -> list[Entry]:
+        """Take the notes of jobs that finished outside a daemon (a user's cancel); return
+        those still finished. Each note is taken by one daemon only (the rename decides)."""
+        taken = []
+        control = self.dir("control")
+        for name in self.listing("control"):
+            if not name.endswith(ENDED) or job_id_of(name.removesuffix(ENDED) + ".toml") is None:
+                continue
+            staged = self.tmp_dir() / f"{ENDED_PREFIX}{uuid.uuid4().hex[:8]}-{name}"
+            try:
+                os.rename(control / name, staged)
+            except FileNotFoundError:
+                continue  # another daemon took it
+            try:
+                entry = self.get(int(name.removesuffix(ENDED)))
+            except LtxqError:
+                entry = None
+            staged.unlink(missing_ok=True)
+            if entry is not None and entry.state.finished:
+                taken.append(entry)
+        return taken
 
     def resume(self, job_id: int, fresh: bool = False) -> int:
         """Queue a failed or cancelled job again under its id (it continues from its latest
