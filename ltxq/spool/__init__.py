@@ -15,28 +15,31 @@ The protocol (DESIGN.md §1-2), in ten lines:
 
 Where each rule lives: layout.py (states, names, paths, creating a spool) · store.py (reading) ·
 intake.py (submit, adoption, invalid/, the tmp/ cleaner) · table.py (THE transition table and
-its policies) · transitions.py (the moves) · deps.py (the `after` graph) · claimindex.py (what a
-claim needs, cached exactly) · liveness.py (is an owner alive).
+its policies) · transitions.py (the daemon's moves) · actions.py (the users' moves) · deps.py
+(the `after` graph) · claimindex.py (what a claim needs, cached exactly) · liveness.py (is an
+owner alive).
 """
 
 from __future__ import annotations
 
+from ltxq.spool.actions import Actions
 from ltxq.spool.intake import apply_overrides, fresh_job
 from ltxq.spool.layout import FINISHED, State, file_name, stem
 from ltxq.spool.store import Dropped, Entry, Invalid, Scanned
 from ltxq.spool.table import TABLE, Ending, Op
-from ltxq.spool.transitions import Claim, Claimed, Transitions, run_order
+from ltxq.spool.transitions import Claim, Claimed, run_order
 
 __all__ = ["FINISHED", "TABLE", "Claim", "Claimed", "Dropped", "Ending", "Entry", "Invalid",
            "Op", "Scanned", "Spool", "State", "apply_overrides", "file_name", "fresh_job",
            "run_order", "stem"]
 
 
-class Spool(Transitions):
+class Spool(Actions):
     """A spool folder: the queue's whole state. Constructing one does no I/O.
 
     Reading (store.py): get, state_of, ids, jobs, scan, scan_with, invalid, dropped.
     Intake (intake.py): create, submit, prepare, publish, clean_tmp.
-    Moves (transitions.py, by table.TABLE): claim, settle, finish, update, recover,
-    take_orphan, adopt_running, cancel, resume, set_priority, replace_pending, clear, pause.
+    Moves by table.TABLE: the daemon's (transitions.py) claim, next_pending, settle, finish,
+    update, recover, take_orphan, adopt_running; the users' (actions.py) cancel, take_ended,
+    resume, set_priority, replace_pending, clear, pause, unpause.
     """
