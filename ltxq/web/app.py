@@ -401,9 +401,12 @@ def create_app(settings: Settings) -> Starlette:
     @action
     async def dataset_job(request: Request) -> Response:
         name, kind = request.path_params["name"], request.path_params["kind"]
+        posted = await request.form()
         try:
             folder = datasets.folder(name)
-            new = await run_in_threadpool(queue_dataset_job, spool, kind, folder)
+            new = await run_in_threadpool(queue_dataset_job, spool, kind, folder,
+                                          str(posted.get("model", "")),
+                                          str(posted.get("resolution", "")))
         except (LtxqError, ConfigError) as e:
             return message(request, str(e), 400)
         return message(request, f"{kind} job {new} queued", back=f"/datasets/{name}")

@@ -194,18 +194,20 @@ def _caption_table(folder: Path) -> dict[str, str]:
     return out
 
 
-def queue_dataset_job(spool: Spool, kind: str, folder: Path) -> int:
-    """Queue a caption or preprocess job on FOLDER through the Spool API; return its id.
+def queue_dataset_job(spool: Spool, kind: str, folder: Path, model: str = "",
+                      resolution: str = "") -> int:
+    """Queue a caption or preprocess job on FOLDER through the captioning issue's submit path
+    (the one `ltxq submit --caption/--preprocess` takes); return its id."""
+    from ltxq.caption.cli import submit_kind
 
-    Job kinds come with the captioning issue (12): `[job] kind` and a section per kind. Until
-    the spool knows them, validation refuses the file and the page shows that error.
-    """
     if kind not in ("caption", "preprocess"):
         raise LtxqError(f"unknown dataset job {kind!r}")
-    doc: dict[str, Any] = {"job": {"kind": kind, "name": f"{kind} {folder.name}"},
-                           "data": {"dataset": str(folder)}}
+    overrides: dict[str, Any] = {"job.name": f"{kind} {folder.name}"}
+    if model.strip():
+        overrides["model.source"] = model.strip()
+    if resolution.strip() and kind == "preprocess":
+        overrides["data.resolution"] = resolution.strip()
     try:
-        job = spool.prepare_doc(doc, base_dir=folder.parent, default_name=folder.name)
+        return submit_kind(spool, kind, folder, overrides)
     except ConfigError as e:
         raise LtxqError(f"cannot queue a {kind} job: {e}") from None
-    return spool.publish(job)
