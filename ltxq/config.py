@@ -25,6 +25,7 @@ from ltxq.errors import ConfigError
 TINY_RANDOM = "tiny-random"
 DEFAULT_NEGATIVE_PROMPT = "worst quality, inconsistent motion, blurry, jittery, distorted"
 TARGET_MODULES = ("to_k", "to_q", "to_v", "to_out.0")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".sft")  # a model.source that is one checkpoint file
 _RESOLUTION = re.compile(r"\s*(\d+)\s*x\s*(\d+)\s*x\s*(\d+)\s*")
 
 
@@ -76,9 +77,18 @@ class Resolution:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    source: str = _doc("Hub id, local diffusers folder, or the built-in 'tiny-random'.",
+    source: str = _doc("Hub id, local diffusers folder, a single-file checkpoint (.safetensors "
+                       "as Lightricks publishes them), or the built-in 'tiny-random'.",
                        "Lightricks/LTX-Video")
     revision: str | None = _doc("Hub revision (branch, tag or commit) of a hub id.", None)
+    base: str | None = _doc("For a single-file source: the diffusers folder or hub id whose VAE, "
+                            "text encoder, tokenizer, scheduler and configs go with it; unset, "
+                            "the one diffusers infers from the checkpoint's keys.", None)
+    quantization: str = _doc("Frozen transformer weights: none, int8 or fp8 (weight-only, "
+                             "torchao: pip install 'ltxq[quantization]'). fp8 leaves the LoRA "
+                             "targets unquantized.", "none", choices=("none", "int8", "fp8"))
+    text_encoder_8bit: bool = _doc("Load T5 with int8 weights (torchao) to encode captions.",
+                                   False)
 
 
 @dataclass(frozen=True)
@@ -86,9 +96,12 @@ class DataConfig:
     dataset: str = _doc("Folder of videos/images with captions; relative to the config file.")
     resolution: str = _doc("Bucket WIDTHxHEIGHTxFRAMES; sides multiples of 32, frames 8k+1.",
                            "768x448x89")
-    frame_rate: float = _doc("Frame rate the clips are treated as (RoPE time scale).", 25.0,
-                             min=1.0)
+    frame_rate: float = _doc("Frame rate of clips whose file does not say (images, some GIFs); "
+                             "each video's own rate sets its RoPE time scale.", 25.0, min=1.0)
     caption_prefix: str = _doc("Text put before every caption (a trigger word).", "")
+    caption_max_tokens: int = _doc("T5 tokens a caption is encoded to (padded or cut; "
+                                   "diffusers' max_sequence_length). Upstream uses 256.", 256,
+                                   min=8, max=1024)
 
     @property
     def bucket(self) -> Resolution:
@@ -112,6 +125,8 @@ class LoraConfig:
 class OptimizationConfig:
     steps: int = _doc("Optimizer steps in total.", 1500, min=1)
     learning_rate: float = _doc("Peak learning rate of AdamW.", 2e-4, min=0.0, max=1.0)
+    optimizer: str = _doc("adamw, or adamw8bit (bitsandbytes: pip install 'ltxq[adamw8bit]'; "
+                          "optimizer state in 8 bits).", "adamw", choices=("adamw", "adamw8bit"))
     batch_size: int = _doc("Samples per micro-batch.", 1, min=1)
     gradient_accumulation_steps: int = _doc("Micro-batches per optimizer step.", 1, min=1)
     seed: int = _doc("Seed of LoRA init, data order, noise and sigmas.", 42, min=0)
@@ -144,8 +159,19 @@ class ValidationConfig:
     video: str = _doc("Validation video size WIDTHxHEIGHTxFRAMES; sides multiples of 32, "
                        "frames 8k+1.", "768x448x89")
     seed: int = _doc("Seed of the validation noise.", 42, min=0)
-    frame_rate: float = _doc("Frame rate of the written mp4, also the sampler's time scale.",
-                              25.0, min=1.0)
+    frame_rate: float | None = _doc("Frame rate of the written mp4, also the sampler's time "
+                                     "scale; unset, the training clips' most common rate.",
+                                     None, min=1.0)
+    images: list[str] = _doc(  # noqa: RUF009 - a field() with a default_factory
+        "One image per prompt, its first frame: image-to-video samples (the condition "
+        "pipeline); empty renders text-to-video. Relative to the config file.", [])
+    timesteps: list[int] = _doc(  # noqa: RUF009 - a field() with a default_factory
+        "Explicit denoising timesteps (distilled models sample with a fixed list); empty uses "
+        "inference_steps.", [], min=1, max=1000)
+    decode_timestep: float = _doc("VAE decode timestep (0.9.1+ VAEs with timestep "
+                                  "conditioning; ignored by others).", 0.0, min=0.0, max=1.0)
+    decode_noise_scale: float | None = _doc("VAE decode noise scale (0.9.1+ VAEs); unset, the "
+                                            "decode timestep.", None, min=0.0, max=1.0)
 
     @property
     def size(self) -> Resolution:
@@ -317,7 +343,12 @@ def resolve_paths(config: TrainingConfig, base_dir: Path) -> TrainingConfig:
     model = config.model
     if looks_like_local_path(model.source, base_dir):
         model = dataclasses.replace(model, source=absolute(model.source))
-    return dataclasses.replace(config, data=data, output=output, model=model)
+    if model.base is not None and looks_like_local_path(model.base, base_dir):
+        model = dataclasses.replace(model, base=absolute(model.base))
+    validation = dataclasses.replace(config.validation,
+                                     images=[absolute(p) for p in config.validation.images])
+    return dataclasses.replace(config, data=data, output=output, model=model,
+                               validation=validation)
 
 
 def looks_like_local_path(source: str, base_dir: Path | None = None) -> bool:
@@ -539,10 +570,23 @@ def _check_cross_fields(config: TrainingConfig, require_dataset_exists: bool) ->
                           key="optimization.warmup_steps")
     if not config.lora.target_modules:
         raise ConfigError("must name at least one module", key="lora.target_modules")
+    images, prompts = config.validation.images, config.validation.prompts
+    if images and len(images) != len(prompts):
+        raise ConfigError(f"must name one image per prompt ({len(prompts)}), got {len(images)}",
+                          key="validation.images")
+    if config.model.base is not None and not config.model.source.endswith(SINGLE_FILE_SUFFIXES):
+        raise ConfigError("is only for a single-file model.source (.safetensors)",
+                          key="model.base")
     if require_dataset_exists:
         dataset = Path(config.data.dataset)
         if not dataset.is_dir():
             raise ConfigError(f"dataset folder not found: {dataset}", key="data.dataset")
         source = config.model.source
-        if looks_like_local_path(source) and not Path(source).expanduser().is_dir():
+        if source.endswith(SINGLE_FILE_SUFFIXES):
+            if not Path(source).expanduser().is_file():
+                raise ConfigError(f"model file not found: {source}", key="model.source")
+        elif looks_like_local_path(source) and not Path(source).expanduser().is_dir():
             raise ConfigError(f"model folder not found: {source}", key="model.source")
+        for image in images:
+            if not Path(image).is_file():
+                raise ConfigError(f"image not found: {image}", key="validation.images")

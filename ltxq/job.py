@@ -63,12 +63,14 @@ class JobMeta:
     output_dir: str | None = None
     checkpoint: str | None = None
     validation_sample: str | None = None
+    peak_memory_gib: float | None = None  # the trainer's peak device memory (CPU: resident)
     step: int | None = None
     slurm_job_id: str | None = None
     key: str | None = None        # unique per job (uuid4 hex); its output folder records it
 
 
 _META_RULES: dict[str, dict[str, Any]] = {
+    "peak_memory_gib": {"min": 0.0, "max": 1e6},
     "priority": {"min": -1_000_000, "max": 1_000_000},
     "max_attempts": {"min": 1, "max": 1000},
     "attempts": {"min": 0},
@@ -259,7 +261,8 @@ _META_TYPES: dict[str, Any] = {
     "started_at": datetime, "finished_at": datetime, "worker": str | None,
     "worker_start": str | None, "author_uid": int | None,
     "device": str | None, "error": str | None, "output_dir": str | None,
-    "checkpoint": str | None, "validation_sample": str | None, "step": int | None,
+    "checkpoint": str | None, "validation_sample": str | None,
+    "peak_memory_gib": float | None, "step": int | None,
     "slurm_job_id": str | None, "key": str | None,
 }
 assert set(_META_TYPES) == {f.name for f in dataclasses.fields(JobMeta)}

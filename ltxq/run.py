@@ -28,6 +28,7 @@ class TrainResult:
     lora_path: Path | None = None         # final pytorch_lora_weights.safetensors
     checkpoint: Path | None = None        # newest complete checkpoint folder
     validation_sample: Path | None = None  # newest validation mp4
+    peak_memory_gib: float | None = None  # peak device memory of the job (CPU: resident)
 
 
 class Run(Protocol):

@@ -108,6 +108,10 @@ def test_unreachable_hub_id_is_one_line_error() -> None:
 
 
 def test_a_file_instead_of_a_folder_is_a_training_error(tmp_path: Path) -> None:
-    (tmp_path / "ltx.safetensors").write_bytes(b"x")
+    (tmp_path / "ltx.bin").write_bytes(b"x")
     with pytest.raises(TrainingError, match="expected a diffusers model folder, got a file"):
+        load_components(str(tmp_path / "ltx.bin"))
+    # A .safetensors file is a single-file checkpoint: a broken one is one line too.
+    (tmp_path / "ltx.safetensors").write_bytes(b"x")
+    with pytest.raises(TrainingError, match="not a readable .safetensors file"):
         load_components(str(tmp_path / "ltx.safetensors"))

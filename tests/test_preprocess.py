@@ -91,11 +91,12 @@ def test_sidecar_captions_and_sample_shapes(tmp_path: Path, tiny: Components, re
     for s in samples:
         # 32x32x9 through the tiny VAE (4x space, 4x time): 8 channels, 3 frames, 8x8.
         assert s.latents.shape == (8, 3, 8, 8) and s.latents.dtype == torch.float32
-        assert s.prompt_embeds.shape == (32, 32) and s.prompt_embeds.dtype == torch.float32
-        assert s.prompt_mask.shape == (32,)
+        # data.caption_max_tokens defaults to 256 tokens, as upstream.
+        assert s.prompt_embeds.shape == (256, 32) and s.prompt_embeds.dtype == torch.float32
+        assert s.prompt_mask.shape == (256,)
         assert torch.isfinite(s.latents).all()
     # "a red square" + </s> are the only real tokens; the rest is padding.
-    assert samples[0].prompt_mask.tolist() == [True] * 4 + [False] * 28
+    assert samples[0].prompt_mask.tolist() == [True] * 4 + [False] * 252
     assert rec.encoded == 2
 
 

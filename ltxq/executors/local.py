@@ -125,6 +125,9 @@ class LocalExecutor:
                    "checkpoint": str(result.checkpoint) if result.checkpoint else meta.checkpoint,
                    "validation_sample": (str(result.validation_sample)
                                          if result.validation_sample else meta.validation_sample)}
+        peak = getattr(result, "peak_memory_gib", None)  # a trainer seam may not measure it
+        if peak is not None:
+            changes["peak_memory_gib"] = float(peak)
         at = f"step {result.step}/{result.total_steps}"
         if result.outcome == Outcome.COMPLETED:
             lora = f"; LoRA {result.lora_path}" if result.lora_path else ""

@@ -41,7 +41,7 @@ def job_facts(job: Job) -> dict[str, Any]:
         "total_steps": config.optimization.steps if job.kind == "train" else None,
         "output_dir": str(job.output_dir()),
         "checkpoint": meta.checkpoint, "validation_sample": meta.validation_sample,
-        "error": meta.error,
+        "peak_memory_gib": meta.peak_memory_gib, "error": meta.error,
     }
 
 
@@ -90,6 +90,7 @@ def build_record(state: State, path: Path, facts: dict[str, Any],
         "output_dir": facts["output_dir"],
         "checkpoint": facts["checkpoint"],
         "validation_sample": facts["validation_sample"],
+        "peak_memory_gib": facts.get("peak_memory_gib"),  # facts cached before it have none
         "error": facts["error"],
         "file": str(path),
     }

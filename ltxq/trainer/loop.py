@@ -47,11 +47,18 @@ from ltxq.trainer.lora import (
     lora_state_dict,
     remove_lora,
 )
+from ltxq.trainer.memory import PeakMemory, make_optimizer
 from ltxq.trainer.models import Components
 from ltxq.trainer.preprocess import PreparedSample, prepare_dataset
 from ltxq.trainer.sampling import DataOrder, Generators, first_frame_mask, sample_sigmas
 from ltxq.trainer.schedule import make_scheduler
-from ltxq.trainer.validation import SAMPLES_DIR, render_samples, sample_path
+from ltxq.trainer.validation import (
+    SAMPLES_DIR,
+    EncodedPrompts,
+    encode_prompts,
+    render_samples,
+    sample_path,
+)
 
 CHECKPOINTS_DIR = "checkpoints"
 _SPS_SMOOTHING = 0.1  # weight of the newest step in the s/step average
@@ -102,16 +109,18 @@ class Geometry:
     patch_size: int
     patch_size_t: int
     rope_scale: tuple[float, float, float]  # at the default frame rate
+    default_rate: float = 25.0
+    temporal_ratio: int = 8
 
-    def rope_for(self, frame_rates: torch.Tensor | None) -> tuple:
-        """Return the RoPE scale of a batch whose clips run at FRAME_RATES [B] (fps).
+    def rope_for(self, frame_rates: torch.Tensor | None, device: torch.device) -> tuple:
+        """Return the RoPE scale of a batch whose clips run at FRAME_RATES [B] (fps, CPU).
 
         The time scale is (temporal compression / fps) per clip, as LTXPipeline computes it
         for one video: a 30 fps clip's frames lie closer in time than a 24 fps clip's.
         """
-        if frame_rates is None:
+        if frame_rates is None or bool((frame_rates == self.default_rate).all()):
             return self.rope_scale
-        time = self.rope_scale[0] * self.default_rate / frame_rates.to(torch.float32)
+        time = (self.temporal_ratio / frame_rates).to(device=device, dtype=torch.float32)
         return (time[:, None, None, None, None], *self.rope_scale[1:])
 
     @classmethod
@@ -125,7 +134,7 @@ class Geometry:
                    tokens_per_frame=(h // p) * (w // p), patch_size=p, patch_size_t=pt,
                    rope_scale=(vae.temporal_compression_ratio / frame_rate,
                                vae.spatial_compression_ratio, vae.spatial_compression_ratio),
-                   default_rate=frame_rate)
+                   default_rate=frame_rate, temporal_ratio=vae.temporal_compression_ratio)
 
 
 @dataclass
@@ -166,7 +175,7 @@ class Dataset:
         idx = torch.tensor(indices)
         return Batch(*(t[idx].to(device, non_blocking=True)
                        for t in (self.latents, self.embeds, self.mask)),
-                     frame_rates=self.frame_rates[idx].to(device))
+                     frame_rates=self.frame_rates[idx])  # stays on the CPU (RoPE scale)
 
 
 def training_loss(transformer: torch.nn.Module, batch: Batch, geometry: Geometry,
@@ -188,7 +197,8 @@ def training_loss(transformer: torch.nn.Module, batch: Batch, geometry: Geometry
     pred = transformer(
         hidden_states=noisy, encoder_hidden_states=batch.embeds, timestep=timesteps,
         encoder_attention_mask=batch.mask, num_frames=geometry.frames, height=geometry.height,
-        width=geometry.width, rope_interpolation_scale=geometry.rope_for(batch.frame_rates),
+        width=geometry.width,
+        rope_interpolation_scale=geometry.rope_for(batch.frame_rates, x.device),
         return_dict=False)[0]
     keep = (~condition).to(torch.float32)[..., None]
     squared = (pred.float() - target.float()).pow(2) * keep
@@ -212,6 +222,7 @@ class Trainer:
     generators: Generators
     order: DataOrder
     ranks: Ranks
+    prompts: EncodedPrompts | None = None  # validation prompts, encoded once (rank 0)
     step: int = 0
     grad_norm: float | None = None  # of the last optimizer step, before clipping
     metrics: MetricsWriter | None = None  # metrics.jsonl / samples.jsonl (rank 0 only)
@@ -427,7 +438,9 @@ class Trainer:
         """Render this step's samples; return False if a stop request cut it short."""
         start = time.monotonic()
         written = render_samples(self.components, self.config.validation, self.output_dir,
-                                 self.step, self.run.should_stop, self.accelerator.autocast)
+                                 self.step, self.run.should_stop, self.accelerator.autocast,
+                                 prompts=self.prompts,
+                                 frame_rate=self.data.common_frame_rate())
         if written is None:
             self.run.log(f"validation at step {self.step} interrupted by a stop request")
             return False
@@ -487,14 +500,17 @@ def _preprocess_progress(log: Callable[[str], None],
 
 def fit(config: TrainingConfig, run: Run, components: Components,
         samples: list[PreparedSample], *, device: torch.device | None = None,
-        precision: str | None = None, ranks: Ranks | None = None) -> TrainResult:
+        precision: str | None = None, ranks: Ranks | None = None,
+        peak: PeakMemory | None = None) -> TrainResult:
     """Train a fresh LoRA on COMPONENTS' transformer over SAMPLES (or continue one).
 
     The caller removes the adapter afterwards (`lora.remove_lora`). With RANKS, only rank 0
-    writes to run.output_dir and only its result names files.
+    writes to run.output_dir and only its result names files. PEAK (started by the caller
+    before preprocessing; else here) measures the job's peak memory.
     """
     ranks = ranks or Ranks()
     device = device or resolve_device(run.device)
+    peak = peak or PeakMemory(device)
     precision = precision or resolve_precision(config.optimization.mixed_precision, device)
     output_dir = Path(run.output_dir)
     if ranks.is_main:
@@ -516,9 +532,14 @@ def fit(config: TrainingConfig, run: Run, components: Components,
                                      adapter_metadata(components.transformer))
         export.save_comfy_copy(lora_path)
         run.log(f"LoRA written: {lora_path}")
+    peak_gib = peak.gib()
+    if peak_gib is not None:
+        what = "GPU memory allocated" if device.type == "cuda" else "resident memory (CPU)"
+        run.log(f"peak {what}: {peak_gib:.2f} GiB")
     return TrainResult(outcome=outcome, step=trainer.step, total_steps=config.optimization.steps,
                        lora_path=lora_path, checkpoint=saved.path if saved else None,
-                       validation_sample=newest_sample(output_dir))
+                       validation_sample=newest_sample(output_dir),
+                       peak_memory_gib=None if peak_gib is None else round(peak_gib, 3))
 
 
 class DamagedCheckpoint(Exception):
@@ -590,13 +611,16 @@ def _set_up(config: TrainingConfig, run: Run, components: Components,
     params = add_lora(transformer, config.lora, opt.seed)
     if opt.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
-    optimizer = torch.optim.AdamW(params, lr=opt.learning_rate, weight_decay=opt.weight_decay)
+    optimizer = make_optimizer(params, opt)
     # Not handed to accelerate: its wrapper steps once per process, our schedule counts steps.
     scheduler = make_scheduler(optimizer, opt.steps, opt.warmup_steps, opt.scheduler)
     optimizer = accelerator.prepare_optimizer(optimizer, device_placement=False)
-    data = Dataset(samples)
+    data = Dataset(samples, config.data.frame_rate)
+    # Validation prompts are encoded once, here (T5 visits the device only for this).
+    prompts = (encode_prompts(components, config.validation, config.data.caption_max_tokens)
+               if config.validation.prompts and ranks.is_main else None)
     return Trainer(
-        config=config, run=run, components=components, data=data,
+        prompts=prompts, config=config, run=run, components=components, data=data,
         geometry=Geometry.of(components, data.latents, config.data.frame_rate), device=device,
         accelerator=accelerator, params=params, optimizer=optimizer, scheduler=scheduler,
         generators=Generators.seeded(opt.seed), order=DataOrder(len(data), opt.seed),

@@ -64,6 +64,32 @@ def read_frames(path: Path, max_frames: int) -> np.ndarray:
     return np.stack([_to_rgb(f) for f in frames])
 
 
+def frame_rate_of(path: Path) -> float | None:
+    """Return the frame rate PATH's container states (videos, animated GIFs), else None."""
+    import imageio.v2 as iio
+
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_EXTENSIONS:
+        return None
+    try:
+        plugin = "FFMPEG" if suffix in VIDEO_EXTENSIONS else None
+        reader = iio.get_reader(path, format=plugin) if plugin else iio.get_reader(path)
+        try:
+            meta = reader.get_meta_data()
+        finally:
+            reader.close()
+    except Exception:  # noqa: BLE001 - unreadable is read_frames' error to report
+        return None
+    fps = meta.get("fps")
+    if fps is None and meta.get("duration"):  # GIFs (Pillow) give milliseconds per frame
+        fps = 1000.0 / float(meta["duration"])
+    try:
+        fps = float(fps)
+    except (TypeError, ValueError):
+        return None
+    return fps if 0.0 < fps < 1000.0 else None
+
+
 def _to_rgb(frame: np.ndarray) -> np.ndarray:
     """Return FRAME as uint8 [H, W, 3]: grey is repeated, alpha dropped, 16-bit scaled."""
     if frame.dtype == np.uint16:

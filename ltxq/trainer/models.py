@@ -1,4 +1,5 @@
-"""The LTX-Video components: the built-in tiny-random model, or a local folder or hub id.
+"""The LTX-Video components: the built-in tiny-random model, a local folder or hub id, or a
+single-file checkpoint in the original Lightricks layout (with a diffusers base for the rest).
 
 `tiny-random` is the real architecture (the configs diffusers' own pipeline tests use) with
 random weights, built in code in about 0.2 s: nothing is downloaded or committed, so it
@@ -7,6 +8,7 @@ never ties us to one transformers serialization format.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import string
 from dataclasses import dataclass
@@ -21,8 +23,9 @@ from diffusers import (
 )
 from transformers import PreTrainedTokenizerBase, T5Config, T5EncoderModel, T5Tokenizer
 
-from ltxq.config import TINY_RANDOM
+from ltxq.config import SINGLE_FILE_SUFFIXES, TINY_RANDOM
 from ltxq.errors import TrainingError
+from ltxq.trainer.memory import quantize_text_encoder, quantize_transformer
 
 TINY_MAX_SEQUENCE_LENGTH = 32
 # The real LTX-Video pipeline encodes prompts to 128 tokens by default; longer costs T5 time
@@ -49,6 +52,9 @@ class Components:
     scheduler: FlowMatchEulerDiscreteScheduler
     source: str                 # as given in config.model.source
     max_sequence_length: int    # 32 for tiny-random, 128 for the real model
+    # The training device: the transformer lives there; the VAE and T5 stay on the CPU and
+    # come to it only to encode or decode (memory.on_device).
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
 
 
 def build_tiny_random(seed: int = 0) -> Components:
@@ -109,29 +115,113 @@ def _tiny_tokenizer() -> T5Tokenizer:
 
 def load_components(source: str, *, revision: str | None = None,
                     dtype: torch.dtype = torch.float32,
-                    device: str | torch.device = "cpu") -> Components:
-    """Load SOURCE (tiny-random, a local diffusers folder or a hub id) onto DEVICE in DTYPE.
+                    device: str | torch.device = "cpu", base: str | None = None,
+                    quantization: str = "none", keep_unquantized: tuple[str, ...] = (),
+                    text_encoder_8bit: bool = False) -> Components:
+    """Load SOURCE (tiny-random, a local diffusers folder, a hub id or a single .safetensors
+    file with BASE for the rest) in DTYPE: the transformer onto DEVICE, the VAE and T5 onto
+    the CPU until they are needed.
 
+    QUANTIZATION (none, int8, fp8) gives the frozen transformer 8-bit weights, except the
+    Linear layers named in KEEP_UNQUANTIZED under fp8; TEXT_ENCODER_8BIT does so for T5.
     Raises TrainingError with one line when the folder is missing, the hub cannot be
     reached, or the files are not an LTX-Video model.
     """
+    device = torch.device(device)
     if source == TINY_RANDOM:
         components = build_tiny_random()
+    elif source.endswith(SINGLE_FILE_SUFFIXES):
+        components = _load_single_file(source, base, revision, dtype)
     else:
         pipe = _load_pipeline(source, revision, dtype)
-        components = Components(
-            transformer=pipe.transformer, vae=pipe.vae, text_encoder=pipe.text_encoder,
-            tokenizer=pipe.tokenizer, scheduler=pipe.scheduler, source=source,
-            max_sequence_length=_max_sequence_length(pipe.tokenizer))
-    for module in (components.transformer, components.vae, components.text_encoder):
-        module.to(device=device)
+        components = _from_pipeline(pipe, source)
+    components.device = device
+    for module, where in ((components.transformer, device), (components.vae, "cpu"),
+                          (components.text_encoder, "cpu")):
+        module.to(device=where)
         if module.dtype != dtype:  # from_pretrained already cast; a second .to() only warns
             module.to(dtype=dtype)
         module.eval()
+    if source != TINY_RANDOM:
+        # Large buckets and long samples encode and decode in tiles (the tiny VAE's inputs
+        # are below one tile, so tiling would change nothing there).
+        components.vae.enable_tiling()
+    quantize_transformer(components.transformer, quantization, keep_unquantized)
+    if text_encoder_8bit:
+        quantize_text_encoder(components.text_encoder)
     return components
 
 
-def _load_pipeline(source: str, revision: str | None, dtype: torch.dtype) -> LTXPipeline:
+def _from_pipeline(pipe: LTXPipeline, source: str) -> Components:
+    return Components(
+        transformer=pipe.transformer, vae=pipe.vae, text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer, scheduler=pipe.scheduler, source=source,
+        max_sequence_length=_max_sequence_length(pipe.tokenizer))
+
+
+def _load_single_file(path: str, base: str | None, revision: str | None,
+                      dtype: torch.dtype) -> Components:
+    """Load a Lightricks single-file checkpoint: its transformer (and VAE, when the file holds
+    one) converted by diffusers, the rest (T5, tokenizer, scheduler, configs) from BASE."""
+    from safetensors import safe_open
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise TrainingError(f"model file not found: {file}")
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            keys = list(f.keys())
+    except Exception as e:  # noqa: BLE001 - SafetensorError and OSError alike: one line
+        raise TrainingError(f"not a readable .safetensors file: {file} ({e})") from None
+    if not any(k.startswith("model.diffusion_model.") for k in keys):
+        raise TrainingError(f"not an LTX-Video single-file checkpoint (no model.diffusion_model."
+                            f" keys): {file}")
+    if base is None:
+        base = _inferred_base(file)
+    local = Path(base).expanduser().is_dir()
+    base_ref = str(Path(base).expanduser()) if local else base
+    common = {"config": base_ref, "local_files_only": local, "torch_dtype": dtype}
+    try:
+        transformer = LTXVideoTransformer3DModel.from_single_file(
+            str(file), subfolder="transformer", **common)
+        vae = (AutoencoderKLLTXVideo.from_single_file(str(file), subfolder="vae", **common)
+               if any(k.startswith("vae.") for k in keys) else None)
+    except Exception as e:  # noqa: BLE001 - conversion and config errors: one line each
+        raise TrainingError(f"cannot load {file} with the configs of {base}: "
+                            f"{_first_line(e)}") from None
+    pipe_kwargs = {"transformer": transformer} | ({"vae": vae} if vae is not None else {})
+    pipe = _load_pipeline(base_ref, None if local else revision, dtype, **pipe_kwargs)
+    return _from_pipeline(pipe, path)
+
+
+def _inferred_base(file: Path) -> str:
+    """Return the diffusers repository whose configs match FILE's keys (as diffusers infers)."""
+    from diffusers.loaders.single_file_utils import (
+        DIFFUSERS_DEFAULT_PIPELINE_PATHS,
+        infer_diffusers_model_type,
+    )
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        # Keys, and only the few tensors diffusers looks at (a 13B file is 26 GB).
+        class Lazy(dict):
+            def __getitem__(self, key: str) -> torch.Tensor:
+                return f.get_tensor(key)
+
+        model_type = infer_diffusers_model_type(Lazy.fromkeys(f.keys()))
+    found = DIFFUSERS_DEFAULT_PIPELINE_PATHS.get(model_type, {})
+    if "ltx" not in model_type or "pretrained_model_name_or_path" not in found:
+        raise TrainingError(f"cannot tell which LTX-Video version {file} is: set model.base")
+    return found["pretrained_model_name_or_path"]
+
+
+def _first_line(e: BaseException) -> str:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return first if len(first) <= 240 else first[:237] + "..."
+
+
+def _load_pipeline(source: str, revision: str | None, dtype: torch.dtype,
+                   **parts: torch.nn.Module) -> LTXPipeline:
     is_local = source.startswith(("/", ".", "~")) or Path(source).expanduser().exists()
     if is_local:
         folder = Path(source).expanduser()
@@ -149,12 +239,11 @@ def _load_pipeline(source: str, revision: str | None, dtype: torch.dtype) -> LTX
     try:
         pipe = LTXPipeline.from_pretrained(
             str(Path(source).expanduser()) if is_local else source, revision=revision,
-            dtype=dtype, local_files_only=is_local)
+            dtype=dtype, local_files_only=is_local, **parts)
     except TrainingError:
         raise
     except Exception as e:  # noqa: BLE001 - hub/IO errors come in many classes; one line each
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        first = first if len(first) <= 240 else first[:237] + "..."
+        first = _first_line(e)
         hint = "" if is_local else " (no network, wrong id, or a gated model?)"
         raise TrainingError(f"cannot load {where}{hint}: {first}") from None
     missing = [name for name in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")

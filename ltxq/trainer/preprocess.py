@@ -39,11 +39,12 @@ from ltxq.trainer.captions import (
     media_key,
     sidecar_caption,
 )
-from ltxq.trainer.media import MediaError, is_media, load_clip
+from ltxq.trainer.media import MediaError, frame_rate_of, is_media, load_clip
+from ltxq.trainer.memory import on_device
 from ltxq.trainer.models import Components
 
 # Bump when a code change alters what is written for the same inputs (old caches then miss).
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: each clip's frame rate; captions to data.caption_max_tokens
 MANIFEST = "manifest.json"
 _STALE_TMP_SECONDS = 24 * 3600
 
@@ -60,6 +61,7 @@ class PreparedSample:
     prompt_mask: torch.Tensor    # [L] bool
     caption: str                 # the text encoded (caption_prefix included)
     source: str                  # media file name relative to the dataset
+    frame_rate: float | None = None  # the file's own rate; None: data.frame_rate applies
 
 
 @dataclass
@@ -182,28 +184,45 @@ def _build(config: TrainingConfig, components: Components, dataset: Path, items:
         skipped.append((name, reason))
         log(f"skipped {name}: {reason}")
 
-    for done, item in enumerate(items, start=1):
-        if item.caption is None:
-            skip(item.key, f"no caption (no {Path(item.key).with_suffix('.txt').name} and "
-                           f"not in {' / '.join(CAPTION_FILES)})")
-        elif not item.caption:
-            skip(item.key, "empty caption")
-        else:
-            try:
-                clip = load_clip(item.path, bucket)
-            except MediaError as e:
-                skip(item.key, str(e))
-            else:
-                text = _with_prefix(config.data.caption_prefix, item.caption)
-                latents = encode_clip(components, clip)
-                embeds, mask = encode_caption(components, text)
-                samples.append(PreparedSample(latents, embeds, mask, text, item.key))
-        if progress is not None:
-            progress(done, len(items))
+    max_tokens = config.data.caption_max_tokens
+    # The VAE and T5 come to the training device only for this (and leave it after).
+    with on_device(components.vae, components.device), \
+            on_device(components.text_encoder, components.device):
+        for done, item in enumerate(items, start=1):
+            _encode_item(components, config, item, max_tokens, samples, skip, log)
+            if progress is not None:
+                progress(done, len(items))
     if not samples:
         raise TrainingError(f"no usable media in {dataset}: {len(items)} found, "
                             f"{len(skipped)} skipped (reasons above)")
     return PreparedDataset(samples, cache_dir=Path(), skipped=skipped)
+
+
+def _encode_item(components: Components, config: TrainingConfig, item: _Item, max_tokens: int,
+                 samples: list[PreparedSample], skip: Callable[[str, str], None],
+                 log: Log) -> None:
+    """Encode ITEM into SAMPLES, or SKIP it with the reason."""
+    bucket = config.data.bucket
+    if item.caption is None:
+        skip(item.key, f"no caption (no {Path(item.key).with_suffix('.txt').name} and "
+                       f"not in {' / '.join(CAPTION_FILES)})")
+    elif not item.caption:
+        skip(item.key, "empty caption")
+    else:
+        try:
+            clip = load_clip(item.path, bucket)
+        except MediaError as e:
+            skip(item.key, str(e))
+        else:
+            text = _with_prefix(config.data.caption_prefix, item.caption)
+            latents = encode_clip(components, clip)
+            embeds, mask = encode_caption(components, text, max_tokens)
+            whole = len(components.tokenizer(text, verbose=False).input_ids)
+            if whole > max_tokens:
+                log(f"caption of {item.key} cut from {whole} to {max_tokens} tokens "
+                    f"(data.caption_max_tokens)")
+            fps = frame_rate_of(item.path) if bucket.frames > 1 else None
+            samples.append(PreparedSample(latents, embeds, mask, text, item.key, fps))
 
 
 def _with_prefix(prefix: str, caption: str) -> str:
@@ -222,11 +241,13 @@ def encode_clip(components: Components, clip: torch.Tensor) -> torch.Tensor:
     return latents[0].float().cpu().contiguous()
 
 
-def encode_caption(components: Components, text: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encode TEXT as LTXPipeline does: T5 embeddings [L, D] and mask [L], L = max length."""
+def encode_caption(components: Components, text: str, max_tokens: int | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode TEXT as LTXPipeline does: T5 embeddings [L, D] and mask [L], L = MAX_TOKENS
+    (default: the components' max_sequence_length)."""
     encoder = components.text_encoder
     tokens = components.tokenizer(
-        [text], padding="max_length", max_length=components.max_sequence_length,
+        [text], padding="max_length", max_length=max_tokens or components.max_sequence_length,
         truncation=True, add_special_tokens=True, return_tensors="pt")
     with torch.no_grad():
         # No attention mask into T5, as in LTXPipeline._get_t5_prompt_embeds: the embeddings
@@ -242,7 +263,7 @@ def _manifest_settings(config: TrainingConfig, components: Components) -> dict[s
     return {"cache_version": CACHE_VERSION, "model_source": components.source,
             "model_revision": config.model.revision, "resolution": str(config.data.bucket),
             "caption_prefix": config.data.caption_prefix,
-            "max_sequence_length": components.max_sequence_length}
+            "max_sequence_length": config.data.caption_max_tokens}
 
 
 def _model_fingerprint(source: str) -> list[list[object]]:
@@ -274,7 +295,7 @@ def _load_cache(folder: Path, log: Log) -> PreparedDataset | None:
             tensors = load_file(folder / entry["file"])
             samples.append(PreparedSample(tensors["latents"], tensors["prompt_embeds"],
                                           tensors["prompt_mask"], entry["caption"],
-                                          entry["source"]))
+                                          entry["source"], entry.get("frame_rate")))
         skipped = [(s["source"], s["reason"]) for s in manifest.get("skipped", [])]
     except Exception as e:  # noqa: BLE001 - any unreadable entry (SafetensorError too) is damage
         _discard(folder, f"it is damaged ({type(e).__name__}: {e})", log)
@@ -329,7 +350,8 @@ def _write_folder(folder: Path, key: str, prepared: PreparedDataset,
         save_file({"latents": s.latents, "prompt_embeds": s.prompt_embeds,
                    "prompt_mask": s.prompt_mask}, str(folder / name))
         fsutil.fsync(folder / name)
-        entries.append({"file": name, "source": s.source, "caption": s.caption})
+        entries.append({"file": name, "source": s.source, "caption": s.caption,
+                        "frame_rate": s.frame_rate})
     manifest = {**settings, "key": key, "dataset": str(dataset),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "samples": entries,
                 "skipped": [{"source": n, "reason": r} for n, r in prepared.skipped]}

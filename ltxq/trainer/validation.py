@@ -9,13 +9,18 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from diffusers import LTXConditionPipeline, LTXPipeline
 from diffusers.utils import export_to_video
 
 from ltxq.config import ValidationConfig
-from ltxq.trainer.models import Components, make_pipeline
+from ltxq.errors import TrainingError
+from ltxq.trainer.memory import on_device
+from ltxq.trainer.models import Components
+from ltxq.trainer.preprocess import encode_caption
 
 SAMPLES_DIR = "samples"
 
@@ -25,18 +30,49 @@ def sample_path(output_dir: Path, step: int, index: int) -> Path:
     return output_dir / SAMPLES_DIR / f"step_{step:06d}_{index}.mp4"
 
 
+@dataclass
+class EncodedPrompts:
+    """The validation prompts' T5 embeddings, encoded once per run (CPU, float32)."""
+
+    prompts: list[tuple[torch.Tensor, torch.Tensor]]  # ([L, D] embeds, [L] mask) per prompt
+    negative: tuple[torch.Tensor, torch.Tensor]
+
+
+def encode_prompts(components: Components, validation: ValidationConfig,
+                   max_tokens: int) -> EncodedPrompts:
+    """Encode every validation prompt and the negative prompt (T5 visits the device once)."""
+    with on_device(components.text_encoder, components.device):
+        return EncodedPrompts(
+            prompts=[encode_caption(components, p, max_tokens) for p in validation.prompts],
+            negative=encode_caption(components, validation.negative_prompt, max_tokens))
+
+
+def load_image(path: str):  # -> PIL.Image.Image
+    """Open the conditioning image at PATH as RGB (TrainingError when it cannot)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError as e:
+        raise TrainingError(f"validation.images: cannot read {path}: {e}") from None
+
+
 def render_samples(components: Components, validation: ValidationConfig, output_dir: Path,
                    step: int, should_stop: Callable[[], bool],
-                   autocast: Callable[[], contextlib.AbstractContextManager] | None = None
-                   ) -> list[Path] | None:
+                   autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+                   *, prompts: EncodedPrompts | None = None,
+                   frame_rate: float | None = None) -> list[Path] | None:
     """Render every prompt at STEP into `samples/`; return the paths, or None if stopped.
 
     SHOULD_STOP is asked between denoising steps; a stopped render writes nothing.
-    AUTOCAST makes the mixed-precision context of each render.
+    AUTOCAST makes the mixed-precision context of each render. With PROMPTS (encoded once)
+    no text encoder runs here. With `validation.images`, each prompt's image is the first
+    frame (image-to-video through LTXConditionPipeline). The mp4 and the sampler's time scale
+    use `validation.frame_rate`, else FRAME_RATE (the data's), else 25.
     """
-    pipe = make_pipeline(components)
-    pipe.set_progress_bar_config(disable=True)
     size = validation.size
+    fps = validation.frame_rate or frame_rate or 25.0
     stopped = False
 
     def on_step_end(pipeline, i: int, t: torch.Tensor, kwargs: dict) -> dict:
@@ -47,29 +83,70 @@ def render_samples(components: Components, validation: ValidationConfig, output_
         return kwargs
 
     transformer = components.transformer
+    pipe = _pipeline(components, image_to_video=bool(validation.images),
+                     with_text_encoder=prompts is None)
+    pipe.set_progress_bar_config(disable=True)
     was_training = transformer.training
     transformer.eval()  # no LoRA dropout while sampling
     written = []
     try:
-        for index, prompt in enumerate(validation.prompts):
-            with torch.random.fork_rng(devices=_cuda_devices(transformer)), \
-                    (autocast or contextlib.nullcontext)():
-                generator = torch.Generator().manual_seed(validation.seed)
-                frames = pipe(
-                    prompt=prompt, negative_prompt=validation.negative_prompt,
-                    num_frames=size.frames, height=size.height, width=size.width,
-                    num_inference_steps=validation.inference_steps,
-                    guidance_scale=validation.guidance_scale,
-                    max_sequence_length=components.max_sequence_length,
-                    frame_rate=validation.frame_rate, generator=generator, output_type="np",
-                    callback_on_step_end=on_step_end).frames[0]
-            if stopped:
-                return None
-            written.append(_write_mp4(frames, sample_path(output_dir, step, index),
-                                      validation.frame_rate))
+        # The VAE comes to the device only to decode (and leaves with the last sample).
+        with on_device(components.vae, components.device):
+            for index, prompt in enumerate(validation.prompts):
+                with torch.random.fork_rng(devices=_cuda_devices(transformer)), \
+                        (autocast or contextlib.nullcontext)():
+                    generator = torch.Generator().manual_seed(validation.seed)
+                    frames = pipe(
+                        **_prompt_kwargs(components, prompt, index, validation, prompts),
+                        **_sampling_kwargs(validation),
+                        num_frames=size.frames, height=size.height, width=size.width,
+                        guidance_scale=validation.guidance_scale, frame_rate=fps,
+                        generator=generator, output_type="np",
+                        callback_on_step_end=on_step_end).frames[0]
+                if stopped:
+                    return None
+                written.append(_write_mp4(frames, sample_path(output_dir, step, index), fps))
     finally:
         transformer.train(was_training)
     return written
+
+
+def _pipeline(components: Components, *, image_to_video: bool,
+              with_text_encoder: bool) -> LTXPipeline | LTXConditionPipeline:
+    """Wrap COMPONENTS (shared modules, no copies) in the text- or image-to-video pipeline."""
+    cls = LTXConditionPipeline if image_to_video else LTXPipeline
+    return cls(transformer=components.transformer, vae=components.vae,
+               text_encoder=components.text_encoder if with_text_encoder else None,
+               tokenizer=components.tokenizer if with_text_encoder else None,
+               scheduler=components.scheduler)
+
+
+def _prompt_kwargs(components: Components, prompt: str, index: int,
+                   validation: ValidationConfig, prompts: EncodedPrompts | None) -> dict:
+    out: dict = {}
+    if validation.images:
+        out["image"] = load_image(validation.images[index])
+    if prompts is None:
+        return out | {"prompt": prompt, "negative_prompt": validation.negative_prompt,
+                      "max_sequence_length": components.max_sequence_length}
+    device, dtype = components.device, components.transformer.dtype
+    (embeds, mask), (neg, neg_mask) = prompts.prompts[index], prompts.negative
+    return out | {"prompt_embeds": embeds[None].to(device, dtype),
+                  "prompt_attention_mask": mask[None].to(device),
+                  "negative_prompt_embeds": neg[None].to(device, dtype),
+                  "negative_prompt_attention_mask": neg_mask[None].to(device)}
+
+
+def _sampling_kwargs(validation: ValidationConfig) -> dict:
+    """The denoising schedule and the VAE decode settings (distilled models, 0.9.1+ VAEs)."""
+    out: dict = {"decode_timestep": validation.decode_timestep,
+                 "decode_noise_scale": validation.decode_noise_scale}
+    if validation.timesteps:
+        out["timesteps"] = list(validation.timesteps)
+        out["num_inference_steps"] = len(validation.timesteps)
+    else:
+        out["num_inference_steps"] = validation.inference_steps
+    return out
 
 
 def _write_mp4(frames, path: Path, fps: float) -> Path:

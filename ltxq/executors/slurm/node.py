@@ -161,7 +161,8 @@ def result_line(status: int, result: TrainResult | None, error: str | None) -> s
     if result is not None:
         doc.update(outcome=str(result.outcome), step=result.step, total_steps=result.total_steps,
                    lora_path=_str(result.lora_path), checkpoint=_str(result.checkpoint),
-                   validation_sample=_str(result.validation_sample))
+                   validation_sample=_str(result.validation_sample),
+                   peak_memory_gib=getattr(result, "peak_memory_gib", None))
     return RESULT_PREFIX + json.dumps(doc, sort_keys=True)
 
 

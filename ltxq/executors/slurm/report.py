@@ -56,4 +56,7 @@ def result_changes(doc: dict[str, Any] | None, log: dict[str, Any],
         for key in ("checkpoint", "validation_sample"):
             if doc.get(key):
                 changes[key] = str(doc[key])
+        peak = doc.get("peak_memory_gib")
+        if isinstance(peak, (int, float)) and not isinstance(peak, bool) and 0 <= peak <= 1e6:
+            changes["peak_memory_gib"] = float(peak)
     return changes
