@@ -39,7 +39,15 @@ class NotRegularFile(ConfigError):
         super().__init__(f"not a regular file ({kind})", file=file)
 
     def with_file(self, file: Path | str) -> NotRegularFile:
-        return NotRegularFile(self.kind, file=file)
+        return type(self)(self.kind, file=file)
+
+
+class TooLarge(NotRegularFile):
+    """A job file over the size cap: never read whole, set aside like a pipe would be."""
+
+    def __init__(self, kind: str, *, file: Path | str | None = None):
+        self.kind = kind
+        ConfigError.__init__(self, kind, file=file)
 
 
 class BadArgument(LtxqError, ValueError):

@@ -92,7 +92,7 @@ def read_regular(path: Path, limit: int = MAX_JOB_FILE_BYTES) -> tuple[os.stat_r
     link, and for a file larger than LIMIT bytes (never read whole); FileNotFoundError if
     nothing is there.
     """
-    from ltxq.errors import NotRegularFile
+    from ltxq.errors import NotRegularFile, TooLarge
 
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -107,13 +107,13 @@ def read_regular(path: Path, limit: int = MAX_JOB_FILE_BYTES) -> tuple[os.stat_r
     try:
         st = os.fstat(fd)
         kind = not_regular(st.st_mode)
-        if kind is None and st.st_size > limit:
-            kind = _too_large(st.st_size, limit)
         if kind is not None:
             raise NotRegularFile(kind, file=path)
+        if st.st_size > limit:
+            raise TooLarge(_too_large(st.st_size, limit), file=path)
         data = _read_at_most(fd, limit + 1)
         if len(data) > limit:  # it grew after the fstat
-            raise NotRegularFile(_too_large(len(data), limit, grew=True), file=path)
+            raise TooLarge(_too_large(len(data), limit, grew=True), file=path)
         return st, data
     finally:
         os.close(fd)
