@@ -25,21 +25,11 @@ import time
 import tomllib
 from pathlib import Path
 
+from bench_cli import CONFIG  # the same tiny job the command-line bench queues
+
 from ltxq.job import job_from_dict
 from ltxq.spool import Spool, State
 from ltxq.spool.claimindex import ClaimIndex
-
-CONFIG = """
-[model]
-source = "tiny-random"
-[data]
-dataset = "{dataset}"
-resolution = "64x64x9"
-[lora]
-rank = 4
-[optimization]
-steps = 20
-"""
 
 FIRST_CLAIM = """
 import sys, time

@@ -40,6 +40,17 @@ interval = {interval}
     return path
 
 
+def new_spool(root: Path, settle_seconds: float = 0) -> Any:
+    """Make ROOT/spool, with a dataset ROOT/ds and a valid config ROOT/job.toml beside it."""
+    from ltxq import Spool
+
+    (root / "ds").mkdir()
+    write_config(root / "job.toml", steps=5)
+    spool = Spool(root / "spool", settle_seconds=settle_seconds)
+    spool.create()
+    return spool
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
     """Poll PREDICATE until it returns something truthy (a deadline, not a timed assertion)."""
     deadline = time.monotonic() + timeout

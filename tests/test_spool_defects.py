@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, wait_for, write_config
+from conftest import REPO, new_spool, wait_for
 
 from ltxq import Spool
 from ltxq.errors import BadArgument, NoSpool
@@ -26,11 +26,7 @@ OLD = time.time() - 3600  # an mtime well past every settle window
 
 @pytest.fixture
 def spool(tmp_path: Path) -> Spool:
-    (tmp_path / "ds").mkdir()
-    write_config(tmp_path / "job.toml", steps=5)
-    spool = Spool(tmp_path / "spool", settle_seconds=1)
-    spool.create()
-    return spool
+    return new_spool(tmp_path, settle_seconds=1)
 
 
 def ltxq(spool: Spool, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:

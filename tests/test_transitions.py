@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import write_config
+from conftest import new_spool
 
 from ltxq import Spool
 from ltxq.errors import WrongState
@@ -21,11 +21,7 @@ FINISHED_STATES = (State.DONE, State.FAILED, State.CANCELLED)
 
 @pytest.fixture
 def spool(tmp_path: Path) -> Spool:
-    (tmp_path / "ds").mkdir()
-    write_config(tmp_path / "job.toml", steps=5)
-    spool = Spool(tmp_path / "spool", settle_seconds=0)
-    spool.create()
-    return spool
+    return new_spool(tmp_path, settle_seconds=0)
 
 
 def assert_one_folder_each(spool: Spool) -> None:
