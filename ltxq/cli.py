@@ -186,8 +186,9 @@ def submit(spool: Spool, configs: tuple[Path, ...], sets: tuple[str, ...],
         from ltxq.caption.cli import submit_kind
 
         if configs or sweeps or (caption_dataset and preprocess_dataset) or not kind_dataset:
-            raise click.UsageError("--caption DATASET or --preprocess DATASET [--config "
-                                   "CONFIG.toml], without CONFIG.toml files or --sweep")
+            raise click.BadParameter("give --caption DATASET, or --preprocess DATASET "
+                                     "[--config CONFIG.toml], without CONFIG.toml files or "
+                                     "--sweep", param_hint="--caption/--preprocess")
         click.echo(submit_kind(spool, "caption" if caption_dataset else "preprocess",
                                kind_dataset, overrides, kind_config, unique=unique))
         return
