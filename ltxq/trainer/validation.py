@@ -79,11 +79,12 @@ def render_samples(components: Components, validation: ValidationConfig, output_
         nonlocal stopped
         if should_stop():
             stopped = True
-            pipeline._interrupt = True  # LTXPipeline skips the remaining denoising steps
+            pipeline._interrupt = True  # noqa: SLF001 - the pipelines' documented stop flag
         return kwargs
 
     transformer = components.transformer
-    pipe = _pipeline(components, image_to_video=bool(validation.images),
+    # LTXConditionPipeline: image-to-video, and the only one that takes a timestep list.
+    pipe = _pipeline(components, condition=bool(validation.images or validation.timesteps),
                      with_text_encoder=prompts is None)
     pipe.set_progress_bar_config(disable=True)
     was_training = transformer.training
@@ -111,10 +112,10 @@ def render_samples(components: Components, validation: ValidationConfig, output_
     return written
 
 
-def _pipeline(components: Components, *, image_to_video: bool,
+def _pipeline(components: Components, *, condition: bool,
               with_text_encoder: bool) -> LTXPipeline | LTXConditionPipeline:
-    """Wrap COMPONENTS (shared modules, no copies) in the text- or image-to-video pipeline."""
-    cls = LTXConditionPipeline if image_to_video else LTXPipeline
+    """Wrap COMPONENTS (shared modules, no copies) in LTXPipeline or LTXConditionPipeline."""
+    cls = LTXConditionPipeline if condition else LTXPipeline
     return cls(transformer=components.transformer, vae=components.vae,
                text_encoder=components.text_encoder if with_text_encoder else None,
                tokenizer=components.tokenizer if with_text_encoder else None,

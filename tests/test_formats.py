@@ -1,0 +1,288 @@
+"""Data and models like upstream: 256-token captions, each clip's own frame rate, single-file
+checkpoints in the original Lightricks layout, and image-to-video validation samples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import imageio.v2 as iio
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from test_trainer_support import RecordingRun, fit_clean, make_config, random_samples
+
+from ltxq.config import parse_config
+from ltxq.errors import ConfigError, TrainingError
+from ltxq.trainer.demo_data import write_mp4
+from ltxq.trainer.loop import Batch, Dataset, Geometry, training_loss
+from ltxq.trainer.models import Components, build_tiny_random, load_components, make_pipeline
+from ltxq.trainer.preprocess import prepare, prepare_dataset
+
+BUCKET = "32x32x9"
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Components:
+    return build_tiny_random()
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("LTXQ_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _clip(path: Path, fps: float, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    return write_mp4(path, rng.integers(0, 256, (10, 32, 32, 3), np.uint8), fps=fps)
+
+
+def _config(dataset: Path, **data: object):
+    return parse_config({"model": {"source": "tiny-random"},
+                         "data": {"dataset": str(dataset), "resolution": BUCKET, **data}})
+
+
+# --- captions -------------------------------------------------------------------------------
+
+
+def test_a_200_token_caption_reaches_the_text_encoder_whole(tmp_path: Path, tiny: Components,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    ds = tmp_path / "ds"
+    _clip(ds / "a.mp4", 25)
+    words = ("red green blue square circle moving right left " * 25).split()
+    assert len(words) == 200  # each a whole word of the tiny vocabulary: one token each
+    (ds / "a.txt").write_text(" ".join(words))
+    seen: list[torch.Tensor] = []
+    forward = tiny.text_encoder.forward
+    monkeypatch.setattr(tiny.text_encoder, "forward",
+                        lambda ids, *a, **k: seen.append(ids) or forward(ids, *a, **k))
+    logs: list[str] = []
+    (sample,) = prepare_dataset(_config(ds), tiny, log=logs.append)
+    assert seen[0].shape == (1, 256)  # data.caption_max_tokens defaults to 256
+    ids = tiny.tokenizer(" ".join(words)).input_ids
+    assert len(ids) == 201  # 200 words and </s>
+    assert seen[0][0, :201].tolist() == ids
+    assert int(sample.prompt_mask.sum()) == 201
+    assert not any("cut" in line for line in logs)
+    # A shorter setting cuts, and says so.
+    (cut,) = prepare_dataset(_config(ds, caption_max_tokens=128), tiny, log=logs.append)
+    assert cut.prompt_embeds.shape == (128, 32) and bool(cut.prompt_mask.all())
+    assert any("caption of a.mp4 cut from 201 to 128 tokens" in line for line in logs)
+
+
+# --- frame rates ----------------------------------------------------------------------------
+
+
+def test_each_clip_keeps_its_own_frame_rate(tmp_path: Path, tiny: Components) -> None:
+    ds = tmp_path / "ds"
+    _clip(ds / "a24.mp4", 24, seed=1)
+    _clip(ds / "b30.mp4", 30, seed=2)
+    _clip(ds / "c30.mp4", 30, seed=3)
+    for name in ("a24", "b30", "c30"):
+        (ds / f"{name}.txt").write_text("a red square")
+    built = prepare(_config(ds), tiny, log=lambda _: None)
+    rates = {s.source: s.frame_rate for s in built.samples}
+    assert rates == {"a24.mp4": 24.0, "b30.mp4": 30.0, "c30.mp4": 30.0}
+    again = prepare(_config(ds), tiny, log=lambda _: None)
+    assert again.from_cache and {s.source: s.frame_rate for s in again.samples} == rates
+    data = Dataset(again.samples, default_rate=25.0)
+    assert data.common_frame_rate() == 30.0
+
+
+def test_the_rope_time_scale_follows_each_clips_frame_rate(tiny: Components) -> None:
+    """A batch of a 24 fps and a 30 fps clip: each sample's loss is what it is alone at its
+    own rate (time scale 8/24 and 8/30 for the real VAE), not at one config value."""
+    samples = random_samples(2)
+    samples[0].frame_rate, samples[1].frame_rate = 24.0, 30.0
+    data = Dataset(samples, default_rate=25.0)
+    geometry = Geometry.of(tiny, data.latents, frame_rate=25.0)
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn((2, geometry.tokens, 8), generator=g)
+    sigmas = torch.tensor([0.3, 0.7])
+    clean = torch.zeros((2, geometry.tokens), dtype=torch.bool)
+    with torch.no_grad():
+        both = training_loss(tiny.transformer, data.batch([0, 1], torch.device("cpu")), geometry,
+                             sigmas, noise, clean)
+        alone = []
+        for i, fps in ((0, 24.0), (1, 30.0)):
+            one = data.batch([i], torch.device("cpu"))
+            own = Geometry.of(tiny, data.latents, frame_rate=fps)
+            alone.append(training_loss(tiny.transformer, Batch(one.latents, one.embeds,
+                                                               one.mask),
+                                       own, sigmas[i:i + 1], noise[i:i + 1], clean[i:i + 1]))
+        at_25 = training_loss(tiny.transformer, Batch(*(t for t in (
+            data.latents, data.embeds, data.mask))), geometry, sigmas, noise, clean)
+    torch.testing.assert_close(both, (alone[0] + alone[1]) / 2, rtol=1e-5, atol=1e-6)
+    assert abs(float(both) - float(at_25)) > 1e-6  # the rates do change the loss
+
+
+def test_validation_frame_rate_defaults_to_the_datas(tmp_path: Path, tiny: Components) -> None:
+    samples = random_samples(3)
+    for s in samples:
+        s.frame_rate = 30.0
+    config = make_config(optimization={"steps": 1, "warmup_steps": 0},
+                         validation={"prompts": ["a red square"], "video": "32x32x9",
+                                     "inference_steps": 1}, checkpoints={"interval": 0})
+    assert config.validation.frame_rate is None
+    result = fit_clean(config, RecordingRun(tmp_path / "out"), tiny, samples)
+    reader = iio.get_reader(str(result.validation_sample), format="FFMPEG")
+    try:
+        assert reader.get_meta_data()["fps"] == 30.0
+    finally:
+        reader.close()
+
+
+# --- single-file checkpoints ----------------------------------------------------------------
+
+# diffusers' single-file converter renames the original names this way; invert it.
+_TO_ORIGINAL = (("proj_in", "patchify_proj"), ("time_embed", "adaln_single"),
+                ("norm_q", "q_norm"), ("norm_k", "k_norm"))
+
+
+def write_single_file(components: Components, path: Path) -> Path:
+    """Write COMPONENTS' transformer as Lightricks publishes it: `model.diffusion_model.` keys
+    in the original module names (this fixture leaves the VAE to model.base)."""
+    tensors = {}
+    for key, value in components.transformer.state_dict().items():
+        for new, old in _TO_ORIGINAL:
+            key = key.replace(new, old)
+        tensors["model.diffusion_model." + key] = value.contiguous()
+    save_file(tensors, str(path), metadata={"config": json.dumps({"note": "ltxq tiny"})})
+    return path
+
+
+@pytest.fixture(scope="module")
+def single_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Components]:
+    """A tiny single-file checkpoint (other weights than the base's) and its diffusers base."""
+    root = tmp_path_factory.mktemp("single")
+    make_pipeline(build_tiny_random()).save_pretrained(root / "base")
+    other = build_tiny_random(seed=5)
+    return write_single_file(other, root / "ltxv-tiny.safetensors"), root / "base", other
+
+
+def test_single_file_source_loads_in_the_original_layout(
+        single_file: tuple[Path, Path, Components]) -> None:
+    file, base, other = single_file
+    loaded = load_components(str(file), base=str(base))
+    assert loaded.source == str(file)
+    ours = loaded.transformer.state_dict()
+    for key, value in other.transformer.state_dict().items():
+        assert torch.equal(ours[key], value), key
+    # The rest comes from the base folder.
+    base_vae = build_tiny_random().vae.state_dict()
+    assert all(torch.equal(v, base_vae[k]) for k, v in loaded.vae.state_dict().items())
+
+
+def test_single_file_source_trains_through_the_config(
+        tmp_path: Path, single_file: tuple[Path, Path, Components]) -> None:
+    file, base, _ = single_file
+    (tmp_path / "ds").mkdir()
+    config = parse_config({"model": {"source": str(file), "base": str(base)},
+                           "data": {"dataset": str(tmp_path / "ds"), "resolution": BUCKET}},
+                          require_dataset_exists=True)
+    components = load_components(config.model.source, base=config.model.base)
+    result = fit_clean(make_config(optimization={"steps": 2, "warmup_steps": 0},
+                                   checkpoints={"interval": 0}),
+                       RecordingRun(tmp_path / "out"), components, random_samples())
+    assert result.lora_path is not None and result.lora_path.is_file()
+
+
+def test_single_file_errors_are_one_line(tmp_path: Path,
+                                         single_file: tuple[Path, Path, Components]) -> None:
+    file, _, _ = single_file
+    with pytest.raises(ConfigError, match=r"model.source.*model file not found"):
+        parse_config({"model": {"source": str(tmp_path / "none.safetensors")},
+                      "data": {"dataset": str(tmp_path)}}, require_dataset_exists=True)
+    with pytest.raises(ConfigError, match=r"model.base.*only for a single-file"):
+        parse_config({"model": {"source": "tiny-random", "base": "x"},
+                      "data": {"dataset": "d"}})
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "sd.safetensors"))
+    with pytest.raises(TrainingError, match="not an LTX-Video single-file checkpoint"):
+        load_components(str(tmp_path / "sd.safetensors"))
+    # No base given and no network: diffusers' inferred base cannot be fetched.
+    with pytest.raises(TrainingError) as info:
+        load_components(str(file))
+    assert "\n" not in str(info.value) and str(file) in str(info.value)
+
+
+# --- validation like the model is used ------------------------------------------------------
+
+
+def _image(path: Path, rgb: tuple[int, int, int]) -> Path:
+    frame = np.zeros((32, 32, 3), np.uint8)
+    frame[:, :16] = rgb
+    iio.imwrite(path, frame)
+    return path
+
+
+def _first_frame(path: Path) -> np.ndarray:
+    reader = iio.get_reader(str(path), format="FFMPEG")
+    try:
+        return np.asarray(reader.get_data(0), dtype=np.float32)
+    finally:
+        reader.close()
+
+
+def test_image_to_video_validation_samples(tmp_path: Path, tiny: Components) -> None:
+    red, blue = _image(tmp_path / "red.png", (230, 40, 40)), _image(tmp_path / "b.png",
+                                                                     (40, 80, 230))
+    common = {"prompts": ["a red square", "a red square"], "video": "32x32x9",
+              "inference_steps": 2}
+    t2v = fit_clean(make_config(optimization={"steps": 1, "warmup_steps": 0},
+                                validation=common, checkpoints={"interval": 0}),
+                    RecordingRun(tmp_path / "t2v"), tiny, random_samples())
+    config = make_config(optimization={"steps": 1, "warmup_steps": 0},
+                         validation={**common, "images": [str(red), str(blue)]},
+                         checkpoints={"interval": 0})
+    i2v = fit_clean(config, RecordingRun(tmp_path / "i2v"), tiny, random_samples())
+    samples = sorted((tmp_path / "i2v" / "samples").iterdir())
+    assert [p.name for p in samples] == ["step_000001_0.mp4", "step_000001_1.mp4"]
+    first_red, first_blue = (_first_frame(p) for p in samples)
+    assert first_red.shape == (32, 32, 3)
+    # Same prompt and seed: only the conditioning image differs, and so does the video;
+    # without images the same prompt gives the text-to-video sample.
+    assert np.abs(first_red - first_blue).max() > 1.0
+    assert np.abs(first_red - _first_frame(t2v.validation_sample)).max() > 1.0
+    assert i2v.validation_sample == samples[0]
+
+
+def test_image_count_must_match_the_prompts() -> None:
+    with pytest.raises(ConfigError, match=r"validation.images.*one image per prompt"):
+        make_config(validation={"prompts": ["a", "b"], "images": ["x.png"]})
+
+
+def test_distilled_timestep_list_and_decode_settings(tmp_path: Path, tiny: Components) -> None:
+    config = make_config(optimization={"steps": 1, "warmup_steps": 0},
+                         validation={"prompts": ["a red square"], "video": "32x32x9",
+                                     "timesteps": [1000, 993, 987], "decode_timestep": 0.05,
+                                     "decode_noise_scale": 0.025},
+                         checkpoints={"interval": 0})
+    seen: list[int] = []
+    result = fit_clean(config, _CountingRun(tmp_path / "out", seen, tiny), tiny,
+                       random_samples())
+    assert result.validation_sample is not None and result.validation_sample.is_file()
+    assert seen == [3]  # three denoising steps: the list, not inference_steps (50)
+
+
+class _CountingRun(RecordingRun):
+    """Counts the transformer's denoising calls during validation (guidance: 2 per step)."""
+
+    def __init__(self, out: Path, seen: list[int], components: Components) -> None:
+        super().__init__(out)
+        self._seen, self._calls = seen, 0
+        transformer = components.transformer
+        self._hook = transformer.register_forward_hook(self._count)
+        self._transformer = transformer
+
+    def _count(self, module: torch.nn.Module, args: object, out: object) -> None:
+        if not module.training:
+            self._calls += 1
+
+    def sample_written(self, path: Path, step: int) -> None:
+        super().sample_written(path, step)
+        self._seen.append(self._calls)  # batched CFG: one call per step
+        self._hook.remove()
