@@ -115,6 +115,8 @@ def test_preemption_requeues_and_resumes_and_a_killed_node_counts_an_attempt(sen
     job_id = senv.submit(str(_config(senv, steps=60, interval=5, slow=0.1)))
     senv.daemon(*SLURM_ARGS)
     wait_for(lambda: (senv.job(job_id)["step"] or 0) >= 12, 120, "training past a checkpoint")
+    # The node never writes the job file; its owner records what the node logged, as it runs.
+    assert "/step_" in wait_for(lambda: senv.job(job_id)["checkpoint"], 30, "a checkpoint shown")
     first = _slurm_id(senv, job_id)
     slurm.cancel(first)   # what preemption (and an admin's scancel) does: SIGTERM, then KILL
     wait_for(lambda: _other_id(senv, job_id, first), 120, "a second Slurm job")

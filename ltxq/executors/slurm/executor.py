@@ -44,7 +44,7 @@ from ltxq.executors.slurm.node import (
     batch_script,
     parse_result_line,
 )
-from ltxq.executors.slurm.report import log_report, read_text, result_changes
+from ltxq.executors.slurm.report import LogFollower, log_report, read_text, result_changes
 from ltxq.spool import Claim, Ending, Spool, State, stem
 from ltxq.spool.liveness import this_process
 from ltxq.workers import Registration
@@ -75,6 +75,7 @@ class InFlight:
     slurm_id: str
     cancel_seen: float | None = None   # when this daemon first saw the cancel request
     scancelled: bool = False
+    follower: LogFollower | None = None  # the node's reports, recorded while it runs
 
 
 def require_controller() -> None:
@@ -198,8 +199,21 @@ class SlurmExecutor:
                 settled = self._ending(flight, state)
                 if settled is not None:
                     self._ended.append(settled)
-            elif self.spool.cancel_requested(flight.claim.id):
-                self._relay_cancel(flight, state)
+            else:
+                self._record_reports(flight)
+                if self.spool.cancel_requested(flight.claim.id):
+                    self._relay_cancel(flight, state)
+
+    def _record_reports(self, flight: InFlight) -> None:
+        """Record the checkpoints and samples the node logged in the job file (the node never
+        writes it: this daemon holds its lock), so `status` shows them while it runs."""
+        if flight.follower is None:
+            flight.follower = LogFollower(self.spool.log_path(flight.claim.id))
+        news = flight.follower.news()
+        meta = flight.claim.job.meta
+        changes = {k: v for k, v in news.items() if getattr(meta, k) != v}
+        if changes:
+            self.spool.update(flight.claim, **changes)
 
     def _relay_cancel(self, flight: InFlight, state: JobState) -> None:
         job_id, now = flight.claim.id, self._clock()

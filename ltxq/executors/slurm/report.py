@@ -43,6 +43,35 @@ def log_report(log: Path) -> dict[str, Any]:
     return found
 
 
+class LogFollower:
+    """Reads a running job's log as it grows (from the last offset), so the owning daemon can
+    record the node's checkpoints and samples in the job file while the Slurm job runs."""
+
+    def __init__(self, log: Path):
+        self.log = log
+        self._offset = 0
+        self._partial = b""
+
+    def news(self) -> dict[str, str]:
+        """Return the newest checkpoint / validation_sample reported since the last call."""
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(self._offset)
+                data = self._partial + f.read()
+                self._offset = f.tell()
+        except OSError:
+            return {}
+        lines = data.split(b"\n")
+        self._partial = lines.pop()  # a line still being written
+        found: dict[str, str] = {}
+        for raw in lines:
+            m = _REPORTED.search(raw.decode("utf-8", "replace"))
+            if m:
+                key = "checkpoint" if m["kind"] == "checkpoint" else "validation_sample"
+                found[key] = m["path"]
+        return found
+
+
 def result_changes(doc: dict[str, Any] | None, log: dict[str, Any],
                    meta: JobMeta) -> dict[str, Any]:
     """Return the [job] fields to record: the result line's values, else the log's."""
