@@ -17,12 +17,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from ltxq.fsutil import umask
+from ltxq.fsutil import write_atomic
 
 SETTLE_SECONDS = 2.0
 MISSING: Any = object()  # what `get` returns on a miss (None is a value one may store)
@@ -92,17 +91,4 @@ class StatCache:
         data = json.dumps({"version": self.version, "entries": self._new},
                           separators=(",", ":"))
         with contextlib.suppress(OSError):  # a read-only or full spool: status works without it
-            _replace(self.path, data.encode("utf-8"), self.tmp_dir)
-
-
-def _replace(dest: Path, data: bytes, tmp_dir: Path) -> None:
-    """Publish DATA at DEST with one rename; no fsync (a torn cache after a crash is a miss)."""
-    fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=dest.name + ".", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            write_atomic(self.path, data, self.tmp_dir, durable=False)
