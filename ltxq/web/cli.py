@@ -61,9 +61,12 @@ def _serve(spool: Spool, host: str, port: int, token: str | None, datasets: Path
 @_options
 @click.pass_obj
 def web(spool: Spool, host: str, port: int, token: str | None, datasets: Path) -> None:
-    """Serve the dashboard: queue, jobs' curves and videos, new jobs, datasets."""
+    """Serve the dashboard: queue, jobs' curves and videos, new jobs, datasets.
+
+    The spool need not exist yet: the first job submitted from the form makes it, as
+    `ltxq submit` does.
+    """
     _check(host, token)
-    spool.require()
     _serve(spool, host, port, token, datasets)
 
 
