@@ -243,15 +243,55 @@ class CaptionConfig:
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """A preprocess job's [preprocess] section: the dataset and the keys that shape its cache."""
+    """A preprocess job's [preprocess] section: the dataset, and the [model] and [data] keys that
+    shape its cache, flat (`model` is model.source, `resolution` data.resolution, ...): what a
+    training job on that dataset with those keys will find in the cache."""
 
-    dataset: str = _doc("Folder of videos/images with captions; relative to the job file.")
-    model: str = _doc("model.source of the training jobs that will use the cache.",
-                      "Lightricks/LTX-Video")
-    revision: str | None = _doc("model.revision.", None)
-    resolution: str = _doc("data.resolution: bucket WIDTHxHEIGHTxFRAMES.", "768x448x89")
-    frame_rate: float = _doc("data.frame_rate.", 25.0, min=1.0)
-    caption_prefix: str = _doc("data.caption_prefix.", "")
+    dataset: str
+    training: TrainingConfig   # the training view whose cache the job fills
+
+    @property
+    def model(self) -> str:
+        return self.training.model.source
+
+    @property
+    def revision(self) -> str | None:
+        return self.training.model.revision
+
+
+def preprocess_keys() -> dict[str, tuple[str, str]]:
+    """Map each [preprocess] key to its training key: model -> (model, source), ..."""
+    keys = {"model": ("model", "source")}
+    keys.update({f.name: ("model", f.name) for f in dataclasses.fields(ModelConfig)
+                 if f.name != "source"})
+    keys.update({f.name: ("data", f.name) for f in dataclasses.fields(DataConfig)
+                 if f.name != "dataset"})
+    return keys
+
+
+def _parse_preprocess(table: dict[str, Any], base_dir: Path | None,
+                      require_dataset_exists: bool) -> PreprocessConfig:
+    keys = preprocess_keys()
+    doc: dict[str, dict[str, Any]] = {"model": {}, "data": {}}
+    for key, value in table.items():
+        if key == "dataset":
+            doc["data"]["dataset"] = _check_str(value, "preprocess.dataset")
+        elif key in keys:
+            section, name = keys[key]
+            doc[section][name] = value
+        else:
+            raise ConfigError(f"unknown key (known: dataset, {', '.join(keys)})",
+                              key=f"preprocess.{key}")
+    if not doc["data"].get("dataset"):
+        raise ConfigError("is required (the dataset folder)", key="preprocess.dataset")
+    back = {f"{section}.{name}": f"preprocess.{key}" for key, (section, name) in keys.items()}
+    back["data.dataset"] = "preprocess.dataset"
+    try:
+        training = parse_config(doc, base_dir=base_dir,
+                                require_dataset_exists=require_dataset_exists)
+    except ConfigError as e:  # name the key as the user wrote it
+        raise ConfigError(e.message, key=back.get(e.key or "", e.key)) from None
+    return PreprocessConfig(dataset=training.data.dataset, training=training)
 
 
 # What a job of each non-train kind may hold besides [job]: its own section, and [resources]
@@ -273,20 +313,15 @@ def parse_kind_sections(kind: str, raw: dict[str, Any], *, base_dir: Path | None
                           key=unknown[0])
     if kind not in raw:
         raise ConfigError(f"is required for a {kind} job (at least its dataset)", key=kind)
-    parsed = {}
-    for name, cls in allowed.items():
-        table = raw.get(name, {})
-        if not isinstance(table, dict):
+    for name in allowed:
+        if not isinstance(raw.get(name, {}), dict):
             raise ConfigError("must be a table", key=name)
-        parsed[name] = _parse_section(cls, table, name)
-    task = parsed[kind]
+    resources = _parse_section(ResourcesConfig, raw.get("resources", {}), "resources")
+    if kind == "preprocess":
+        return _parse_preprocess(raw[kind], base_dir, require_dataset_exists), resources
+    task = _parse_section(CaptionConfig, raw[kind], kind)
     if not task.dataset:
         raise ConfigError("is required (the dataset folder)", key=f"{kind}.dataset")
-    if isinstance(task, PreprocessConfig):
-        try:
-            Resolution.parse(task.resolution)
-        except ValueError as e:
-            raise ConfigError(str(e), key=f"{kind}.resolution") from None
     if base_dir is not None:
         changes = {"dataset": str((base_dir / Path(task.dataset).expanduser()).resolve())}
         if looks_like_local_path(task.model, base_dir):
@@ -297,17 +332,13 @@ def parse_kind_sections(kind: str, raw: dict[str, Any], *, base_dir: Path | None
             raise ConfigError(f"dataset folder not found: {task.dataset}", key=f"{kind}.dataset")
         if looks_like_local_path(task.model) and not Path(task.model).expanduser().is_dir():
             raise ConfigError(f"model folder not found: {task.model}", key=f"{kind}.model")
-    return task, parsed["resources"]
+    return task, resources
 
 
 def preprocess_training_config(task: PreprocessConfig,
                                resources: ResourcesConfig | None = None) -> TrainingConfig:
     """Return the training config whose cache a [preprocess] section fills."""
-    return TrainingConfig(
-        model=ModelConfig(source=task.model, revision=task.revision),
-        data=DataConfig(dataset=task.dataset, resolution=task.resolution,
-                        frame_rate=task.frame_rate, caption_prefix=task.caption_prefix),
-        resources=resources or ResourcesConfig())
+    return dataclasses.replace(task.training, resources=resources or ResourcesConfig())
 
 
 def parse_config(raw: dict[str, Any], *, base_dir: Path | None = None,

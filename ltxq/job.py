@@ -232,6 +232,8 @@ def _absolutize_task(kind: str, doc: dict[str, Any], task: Any) -> dict[str, Any
     section["dataset"] = task.dataset
     if "model" in section:
         section["model"] = task.model
+    if kind == "preprocess" and section.get("base"):
+        section["base"] = task.training.model.base
     return raw
 
 

@@ -180,6 +180,9 @@ def test_one_daemon_runs_the_night_pipeline(kenv: Env) -> None:
     assert "released the warm captioner" in log(env, train)
     assert [j for j, _ in env.ran()] == [train]
     assert "preprocessed 3 samples" in log(env, pre)
+    # It filled the cache the training config uses: preprocessing it again finds it.
+    again = env.run("preprocess", "ds", "--config", str(env.root / "job.toml"))
+    assert "loaded from the cache" in again.stdout
     assert "skipped x.mp4" in log(env, cap_bad)
     assert "none of its 1 media files has a caption" in records[train_bad]["error"]
 

@@ -102,10 +102,8 @@ def _run_id(config: Any) -> str:
 
 # --- submit --caption / --preprocess --------------------------------------------------------
 
-# Flag-form keys of `submit` that mean the same in a caption or preprocess job.
-_SHARED = {"model.source": "model", "model.revision": "revision"}
-_PREPROCESS = {**_SHARED, "data.resolution": "resolution", "data.frame_rate": "frame_rate",
-               "data.caption_prefix": "caption_prefix"}
+# Flag-form keys of `submit` that mean the same in a caption job.
+_CAPTION = {"model.source": "model", "model.revision": "revision"}
 
 
 def kind_doc(kind: str, dataset: Path, overrides: dict[str, Any],
@@ -115,7 +113,10 @@ def kind_doc(kind: str, dataset: Path, overrides: dict[str, Any],
     OVERRIDES are submit's flags and --set values; training keys that name the same thing
     (model.source, data.resolution, ...) move into the kind's section; others are refused.
     """
-    mapping = _PREPROCESS if kind == "preprocess" else _SHARED
+    from ltxq.config import preprocess_keys
+
+    mapping = _CAPTION if kind == "caption" else {
+        f"{section}.{name}": key for key, (section, name) in preprocess_keys().items()}
     section: dict[str, Any] = {"dataset": str(dataset.absolute())}
     if config_path is not None:
         if kind != "preprocess":
@@ -146,12 +147,13 @@ def _training_keys(path: Path) -> dict[str, Any]:
     if job.kind != "train":
         raise ConfigError(f"must be a training job file, not a {job.kind} job",
                           key="job.kind", file=path)
-    cfg = job.config
-    keys: dict[str, Any] = {"model": cfg.model.source, "resolution": cfg.data.resolution,
-                            "frame_rate": cfg.data.frame_rate,
-                            "caption_prefix": cfg.data.caption_prefix}
-    if cfg.model.revision:
-        keys["revision"] = cfg.model.revision
+    from ltxq.config import preprocess_keys
+
+    keys: dict[str, Any] = {}
+    for key, (section, name) in preprocess_keys().items():
+        value = getattr(getattr(job.config, section), name)
+        if value is not None:
+            keys[key] = value
     return keys
 
 

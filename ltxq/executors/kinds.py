@@ -89,17 +89,16 @@ class _Stopped(LtxqError):
 def run_preprocess(task: Any, run: Any) -> Any:
     """The preprocess job's run function: fill the cache of TASK's dataset and settings;
     step = media files done, total = media files; stops between files."""
-    import torch
-
-    from ltxq.config import preprocess_training_config
     from ltxq.run import Outcome, TrainResult
     from ltxq.trainer import warm
-    from ltxq.trainer.device import resolve_device
+    from ltxq.trainer.device import resolve_device, resolve_precision, weight_dtype
+    from ltxq.trainer.loop import load_options
     from ltxq.trainer.preprocess import prepare
 
-    config = preprocess_training_config(task)
+    config = task.training   # the training view: the cache a training job with it will use
     device = resolve_device(run.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    # The same dtype and load options as training on this device, so the warm model is shared.
+    dtype = weight_dtype(resolve_precision(config.optimization.mixed_precision, device))
     seen = {"done": 0, "total": 0}
 
     def progress(done: int, total: int) -> None:
@@ -109,8 +108,9 @@ def run_preprocess(task: Any, run: Any) -> Any:
             raise _Stopped("stopped")
 
     try:
-        with warm.components(task.model, revision=task.revision, dtype=dtype, device=device,
-                             log=run.log) as components:
+        with warm.components(config.model.source, revision=config.model.revision,
+                             dtype=dtype, device=device, log=run.log,
+                             **load_options(config)) as components:
             prepared = prepare(config, components, log=run.log, progress=progress)
     except _Stopped:
         run.log(f"preprocessing stopped at {seen['done']}/{seen['total']}; the cache is only "
