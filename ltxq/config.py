@@ -400,10 +400,12 @@ def config_to_dict(config: TrainingConfig) -> dict[str, Any]:
     return clean(dataclasses.asdict(config))
 
 
-def describe_fields() -> list[tuple[str, str, Any, str]]:
-    """List (key, type, default, doc) of every config field, for docs and `--help`."""
+def describe_fields(sections: Mapping[str, type] | None = None
+                    ) -> list[tuple[str, str, Any, str]]:
+    """List (key, type, default, doc) of every config field, for docs and `--help`
+    (SECTIONS: {name: class}, default the training sections; {"caption": CaptionConfig})."""
     rows = []
-    for section, cls in SECTIONS.items():
+    for section, cls in (SECTIONS if sections is None else sections).items():
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             default = (f.default if f.default is not dataclasses.MISSING else

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from ltxq.config import describe_fields
+from ltxq.config import CaptionConfig, describe_fields, preprocess_keys
 from ltxq.job import USER_JOB_KEYS
 
 
@@ -21,6 +21,19 @@ def render() -> str:
     for key, type_name, default, doc in describe_fields():
         shown = "(required)" if default == "(required)" else f"`{default!r}`"
         lines.append(f"| `{key}` | {type_name} | {shown} | {doc} |")
+    lines += ["", "## Caption and preprocess jobs", "",
+              "`[job] kind` is `train` (the default), `caption` or `preprocess`. A caption job "
+              "holds a `[caption]` section (and optionally `[resources]`):", "",
+              "| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, type_name, default, doc in describe_fields({"caption": CaptionConfig}):
+        shown = "(required)" if default == "(required)" else f"`{default!r}`"
+        lines.append(f"| `{key}` | {type_name} | {shown} | {doc} |")
+    keys = ", ".join(f"`{k}`" for k in preprocess_keys())
+    lines += ["", "A preprocess job holds a `[preprocess]` section (and optionally "
+              "`[resources]`): `dataset` (required), and any of the `[model]` and `[data]` keys "
+              f"above, flat ({keys}; `model` is `model.source`), with the same types, defaults "
+              "and checks. It fills the preprocessing cache that a training job with those keys "
+              "uses."]
     return "\n".join(lines) + "\n"
 
 
