@@ -236,3 +236,29 @@ def test_two_daemons_never_caption_a_clip_twice(kenv: Env) -> None:
     assert set(counts.values()) == {1}
     workers = {env.job(j)["worker"] for j in jobs}
     assert len(workers) == 2   # both daemons took one
+
+
+def test_slurm_node_runs_a_caption_job_by_its_kind(tmp_path: Path, cache: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a Slurm compute node runs for a claimed job dispatches by kind like the daemon."""
+    from ltxq.executors.slurm import node
+    from ltxq.spool import Spool
+
+    monkeypatch.setenv("LTXQ_CACHE", str(cache))
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    ds = uncaptioned(tmp_path / "ds", clips=2)
+    (tmp_path / "cap.toml").write_text('[job]\nkind = "caption"\n[caption]\ndataset = "ds"\n'
+                                       'model = "tiny-random"\nmax_new_tokens = 4\n')
+    spool = Spool(tmp_path / "spool")
+    spool.create()
+    job_id = spool.submit(tmp_path / "cap.toml")
+    claim = spool.claim("test:1").claim
+    assert claim is not None
+    try:
+        status, result, error = node.run_job(spool, job_id, node.StopFlag(), device="cpu")
+    finally:
+        claim.lock.release()
+    assert (status, error) == (node.EXIT_COMPLETED, None)
+    assert result is not None and (result.step, result.total_steps) == (2, 2)
+    assert sorted(rows(ds)) == ["clip_000.mp4", "clip_001.mp4"]
+    assert "completed at step 2/2" in spool.log_path(job_id).read_text()
