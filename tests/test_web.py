@@ -122,6 +122,21 @@ def test_metrics_and_log_by_offset(world):
         assert c.get("/jobs/999/metrics").status_code == 404
 
 
+def test_a_chosen_state_lists_every_job_a_page_at_a_time(env, monkeypatch):
+    from ltxq.web import app
+
+    monkeypatch.setattr(app, "PAGE_ROWS", 10)
+    env.config(steps=1)
+    env.run("submit", *["job.toml"] * 25)
+    with client(env) as c:
+        first = c.get("/?state=pending").text
+        assert first.count('class="state-pending"') == 10 and "Page 1 of 3" in first
+        assert 'id="job-25"' in first  # newest first
+        last = c.get("/?state=pending&page=3").text
+        assert last.count('class="state-pending"') == 5 and 'id="job-1"' in last
+        assert "Page 3 of 3" in c.get("/?state=pending&page=99").text
+
+
 def test_queue_of_folded_jobs_says_how_many_are_hidden(env):
     env.config(steps=1)
     env.run("submit", *["job.toml"] * 25)

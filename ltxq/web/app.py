@@ -46,6 +46,7 @@ HERE = Path(__file__).parent
 KEEPALIVE_S = 15.0
 STATE_FILTERS = ["", *[str(s) for s in State], "all"]
 CLEAR_STATES = ("done", "failed", "cancelled", "all")
+PAGE_ROWS = 500
 
 
 @dataclass
@@ -121,15 +122,25 @@ def create_app(settings: Settings) -> Starlette:
             state = ""
         if not spool.exists():
             return {"jobs": [], "problems": [], "folded": {}, "state": state, "name": name,
-                    "states": STATE_FILTERS, "counts": {}, "no_spool": True}
+                    "states": STATE_FILTERS, "counts": {}, "no_spool": True, "page": 1,
+                    "pages": 1}
         view = data.queue_view(spool, state or None, name)
         jobs = [r for r in view.records if r["id"] is not None]
         problems = [r for r in view.records if r["id"] is None]
         counts: dict[str, int] = dict(view.folded)
         for r in jobs:
             counts[r["state"]] = counts.get(r["state"], 0) + 1
+        # A chosen state lists every job; a page shows PAGE_ROWS of them (rendering 10,000
+        # rows takes seconds), the newest first.
+        page_no = request.query_params.get("page", "1")
+        page_no = int(page_no) if page_no.isdigit() and 0 < len(page_no) < 7 else 1
+        pages = max(1, -(-len(jobs) // PAGE_ROWS))
+        page_no = min(page_no, pages)
+        if len(jobs) > PAGE_ROWS:
+            jobs = jobs[::-1][(page_no - 1) * PAGE_ROWS:page_no * PAGE_ROWS]
         return {"jobs": jobs, "problems": problems, "folded": view.folded, "state": state,
-                "name": name, "states": STATE_FILTERS, "counts": counts, "no_spool": False}
+                "name": name, "states": STATE_FILTERS, "counts": counts, "no_spool": False,
+                "page": page_no, "pages": pages}
 
     async def queue_fragment(request: Request) -> Response:
         context = await run_in_threadpool(_queue_context, request)
