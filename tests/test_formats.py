@@ -286,3 +286,34 @@ class _CountingRun(RecordingRun):
         super().sample_written(path, step)
         self._seen.append(self._calls)  # batched CFG: one call per step
         self._hook.remove()
+
+
+# --- model families -------------------------------------------------------------------------
+
+
+def test_ltx_video_family_is_the_trainers_path(tiny: Components) -> None:
+    """The family interface gives what the trainer computes directly (LTX-2 slots in beside)."""
+    from ltxq.trainer.family import FAMILIES, LTX_VIDEO, ModelFamily, family_of
+    from ltxq.trainer.preprocess import encode_caption
+
+    assert family_of(tiny) is LTX_VIDEO and set(FAMILIES) == {"ltx-video"}
+    family: ModelFamily = LTX_VIDEO
+    embeds, mask = family.encode_prompt(tiny, "a red square", 32)
+    direct = encode_caption(tiny, "a red square", 32)
+    assert torch.equal(embeds, direct[0]) and torch.equal(mask, direct[1])
+    latents = family.encode_video(tiny, torch.zeros(3, 9, 32, 32))
+    assert latents.shape == (8, 3, 8, 8)
+    samples = random_samples(1)
+    data = Dataset(samples)
+    geometry = Geometry.of(tiny, data.latents, frame_rate=25.0)
+    noise = torch.randn(1, geometry.tokens, 8, generator=torch.Generator().manual_seed(1))
+    clean = torch.zeros(1, geometry.tokens, dtype=torch.bool)
+    sigma = torch.tensor([0.5])
+    with torch.no_grad():
+        x = LTX_VIDEO.pack(data.latents, tiny)
+        noisy = 0.5 * x + 0.5 * noise
+        pred = family.denoise(tiny, data.latents, noisy, torch.full((1, geometry.tokens), 500.0),
+                              data.embeds, data.mask, geometry.rope_scale)
+        loss = training_loss(tiny.transformer, data.batch([0], torch.device("cpu")), geometry,
+                             sigma, noise, clean)
+    torch.testing.assert_close(((pred - (noise - x)) ** 2).mean(), loss)

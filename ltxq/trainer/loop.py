@@ -40,6 +40,7 @@ from ltxq.trainer.device import (
     weight_dtype,
 )
 from ltxq.trainer.distributed import Ranks
+from ltxq.trainer.family import family_of
 from ltxq.trainer.lora import (
     adapter_metadata,
     add_lora,
@@ -56,7 +57,6 @@ from ltxq.trainer.validation import (
     SAMPLES_DIR,
     EncodedPrompts,
     encode_prompts,
-    render_samples,
     sample_path,
 )
 
@@ -437,10 +437,10 @@ class Trainer:
     def validate(self) -> bool:
         """Render this step's samples; return False if a stop request cut it short."""
         start = time.monotonic()
-        written = render_samples(self.components, self.config.validation, self.output_dir,
-                                 self.step, self.run.should_stop, self.accelerator.autocast,
-                                 prompts=self.prompts,
-                                 frame_rate=self.data.common_frame_rate())
+        written = family_of(self.components).render(
+            self.components, self.config.validation, self.output_dir, self.step,
+            self.run.should_stop, self.accelerator.autocast, prompts=self.prompts,
+            frame_rate=self.data.common_frame_rate())
         if written is None:
             self.run.log(f"validation at step {self.step} interrupted by a stop request")
             return False

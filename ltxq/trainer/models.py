@@ -55,6 +55,7 @@ class Components:
     # The training device: the transformer lives there; the VAE and T5 stay on the CPU and
     # come to it only to encode or decode (memory.on_device).
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+    family: str = "ltx-video"   # its entry in trainer.family.FAMILIES
 
 
 def build_tiny_random(seed: int = 0) -> Components:

@@ -39,6 +39,7 @@ from ltxq.trainer.captions import (
     media_key,
     sidecar_caption,
 )
+from ltxq.trainer.family import family_of
 from ltxq.trainer.media import MediaError, frame_rate_of, is_media, load_clip
 from ltxq.trainer.memory import on_device
 from ltxq.trainer.models import Components
@@ -215,8 +216,9 @@ def _encode_item(components: Components, config: TrainingConfig, item: _Item, ma
             skip(item.key, str(e))
         else:
             text = _with_prefix(config.data.caption_prefix, item.caption)
-            latents = encode_clip(components, clip)
-            embeds, mask = encode_caption(components, text, max_tokens)
+            family = family_of(components)
+            latents = family.encode_video(components, clip)
+            embeds, mask = family.encode_prompt(components, text, max_tokens)
             whole = len(components.tokenizer(text, verbose=False).input_ids)
             if whole > max_tokens:
                 log(f"caption of {item.key} cut from {whole} to {max_tokens} tokens "
