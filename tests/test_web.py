@@ -534,3 +534,63 @@ def test_upload_size_limit(world, monkeypatch):
     assert r.status_code == 400 and "larger than" in r.text
     assert not (world.datasets / "ds" / "big.mp4").exists()
     assert os.listdir(world.datasets / ".ltxq-tmp") == []
+
+
+def test_up_runs_a_daemon_and_the_server_and_ctrl_c_requeues_the_running_job(env):
+    import signal
+    import socket
+    import time
+
+    from conftest import FAKE, wait_for
+
+    slow = env.root / "slow"
+    slow.mkdir()
+    (slow / "SLOW").write_text("0.2")
+    env.config(dataset="slow", steps=500)
+    job = env.submit("job.toml")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    up = subprocess.Popen([sys.executable, "-m", "ltxq", "up", "--port", str(port)],
+                          cwd=env.root, env=dict(env.env, LTXQ_TRAINER=FAKE),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        env.wait_state(job, "running")
+
+        def serving() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as c:
+                    c.sendall(b"GET /api/jobs HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                    return b"200 OK" in c.recv(100)
+            except OSError:
+                return False
+
+        wait_for(serving, 30, "the dashboard")
+        time.sleep(0.5)
+        up.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        _, err = up.communicate(timeout=60)
+        assert up.returncode == 0, err
+        record = env.job(job)
+        assert record["state"] == "pending" and record["attempts"] == 0, (record, err)
+        assert not serving()
+    finally:
+        if up.poll() is None:
+            up.kill()
+
+
+def test_watcher_of_a_spool_made_later_switches_to_inotify(tmp_path):
+    spool = Spool(tmp_path / "spool")
+
+    async def scenario() -> tuple[dict, bool]:
+        watcher = Watcher(spool)
+        await watcher.start()
+        page = watcher.subscribe()
+        try:
+            spool.create()
+            event = await asyncio.wait_for(page.get(), 5)
+            return event, watcher._inotify is not None or sys.platform != "linux"
+        finally:
+            await watcher.stop()
+
+    event, watching = asyncio.run(scenario())
+    assert event["queue"] and watching

@@ -3,7 +3,8 @@
 inotify (ltxq.wakeup's library) on the spool's state folders, control/, invalid/ and logs/,
 read from the event loop (no thread); where inotify is unavailable, a poll of those folders'
 and logs' stat every POLL_S. Changes are coalesced for at most COALESCE_S, then one event goes
-to each subscriber: {"queue": true, "jobs": [ids whose logs changed]}. A job's log changes on
+to each subscriber: {"queue": true, "jobs": [ids whose logs changed]}. A spool that does not
+exist yet is polled until it appears, then watched. A job's log changes on
 every step, checkpoint and sample, so a page that follows a job listens for its id.
 """
 
@@ -19,7 +20,8 @@ from typing import Any
 from ltxq.spool import Spool, State
 from ltxq.spool.layout import job_id_of
 
-COALESCE_S = 0.3
+# A training job's log changes every step: pages refresh at most this often (issue 13: within 2 s).
+COALESCE_S = 0.75
 POLL_S = 1.0
 FOLDERS = (*(str(s) for s in State), "control", "invalid", "logs")
 
@@ -115,6 +117,13 @@ class Watcher:
         seen = self._signature()
         while True:
             await asyncio.sleep(POLL_S)
+            if self._inotify is None and self.spool.exists() and self._try_inotify():
+                # The spool appeared (the first submit): watch it instead of polling.
+                asyncio.get_running_loop().add_reader(self._inotify.fileno(), self._on_inotify)
+                self._queue_changed = True
+                self._schedule()
+                self._task = None
+                return
             now = self._signature()
             if now != seen:
                 old_logs = seen.get("logs", {})
