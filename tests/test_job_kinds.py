@@ -184,6 +184,7 @@ def test_one_daemon_runs_the_night_pipeline(kenv: Env) -> None:
     again = env.run("preprocess", "ds", "--config", str(env.root / "job.toml"))
     assert "loaded from the cache" in again.stdout
     assert "skipped x.mp4" in log(env, cap_bad)
+    assert "released the warm LTX model" in log(env, cap_bad)   # preprocess held it
     assert "none of its 1 media files has a caption" in records[train_bad]["error"]
 
 
@@ -200,6 +201,10 @@ def test_cancel_a_running_caption_job_between_clips(kenv: Env) -> None:
     assert 1 <= len(done) < 12 and len(set(done)) == len(done)
     assert record["step"] is not None and record["step"] < 12
     assert "cancelled at step" in log(env, job)
+    env.run("resume", str(job))   # continues with the clips left, each captioned once
+    env.wait_state(job, "done", timeout=SLOW)
+    assert rows(ds)[:len(done)] == done
+    assert sorted(rows(ds)) == [f"clip_{i:03d}.mp4" for i in range(12)]
 
 
 def test_kill_9_mid_caption_job_then_another_daemon_continues(kenv: Env) -> None:
