@@ -151,6 +151,17 @@ class CaptionStore:
             data += b"\n"
         write_atomic(dest, data + line.encode("utf-8") + b"\n", self._dir("tmp"))
 
+    def clean_tmp(self, older_than: float = 600.0) -> None:
+        """Remove staging files that writers killed mid-write left behind long ago."""
+        import time
+
+        cutoff = time.time() - older_than
+        tmp = self.state / "tmp"
+        for path in tmp.glob("*.tmp") if tmp.is_dir() else ():
+            with contextlib.suppress(OSError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+
     # --- an --override run's record of the clips it finished ---------------------------
 
     def _override_record(self) -> Path:

@@ -54,6 +54,7 @@ def caption_dataset(config: CaptionConfig, *, device: str | None, should_stop: C
     clips = list_clips(dataset)
     store = CaptionStore(dataset, config.format, run_id if config.override else None)
     tally = Tally(total=len(clips))
+    store.clean_tmp()
     finished = store.overridden() if config.override else captioned_keys(dataset, clips)
     todo = [c for c in clips if c.key not in finished]
     tally.done = len(clips) - len(todo)
