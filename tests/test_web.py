@@ -100,6 +100,10 @@ def test_every_page_renders_and_escapes_what_users_wrote(world):
         assert c.get("/compare?jobs=1,x").status_code == 400
         assert c.get("/compare?jobs=999").status_code == 404
         assert c.get("/datasets/nope").status_code == 404
+        headers = c.get("/").headers
+        assert "script-src 'self';" in headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in headers["content-security-policy"]
+        assert headers["x-frame-options"] == "DENY" and headers["referrer-policy"] == "same-origin"
 
 
 def test_api_jobs_is_status_json(world):
