@@ -94,8 +94,11 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = _doc("Folder of videos/images with captions; relative to the config file.")
-    resolution: str = _doc("Bucket WIDTHxHEIGHTxFRAMES; sides multiples of 32, frames 8k+1.",
-                           "768x448x89")
+    resolution: str | list[str] = _doc(  # noqa: RUF009 - a field() with a default
+        "Bucket WIDTHxHEIGHTxFRAMES (sides multiples of 32, frames 8k+1), or a list of buckets: "
+        "each clip goes to the one nearest its aspect ratio that its length fills (most frames "
+        "first), e.g. [\"768x512x49\", \"512x768x49\"]; several buckets train with "
+        "optimization.batch_size = 1 on one process.", "768x448x89")
     frame_rate: float = _doc("Frame rate of clips whose file does not say (images, some GIFs); "
                              "each video's own rate sets its RoPE time scale.", 25.0, min=1.0)
     caption_prefix: str = _doc("Text put before every caption (a trigger word).", "")
@@ -104,8 +107,15 @@ class DataConfig:
                                    min=8, max=1024)
 
     @property
+    def buckets(self) -> list[Resolution]:
+        """Return the resolution buckets, in the order given."""
+        texts = [self.resolution] if isinstance(self.resolution, str) else self.resolution
+        return [Resolution.parse(t) for t in texts]
+
+    @property
     def bucket(self) -> Resolution:
-        return Resolution.parse(self.resolution)
+        """Return the first (with one bucket, the only) resolution bucket."""
+        return self.buckets[0]
 
 
 @dataclass(frozen=True)
@@ -506,7 +516,13 @@ def _type_checker(hint: Any) -> _Check:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
-        inner = _type_checker(next(o for o in options if o is not type(None)))
+        values = [o for o in options if o is not type(None)]
+        lists = [o for o in values if typing.get_origin(o) is list]
+        if lists and len(values) == 2:  # `str | list[str]`: a list, or the one scalar
+            as_list, scalar = _type_checker(lists[0]), _type_checker(
+                next(o for o in values if o is not lists[0]))
+            return lambda value, key: (as_list if isinstance(value, list) else scalar)(value, key)
+        inner = _type_checker(values[0])
         if type(None) not in options:
             return inner
         return lambda value, key: None if value is None else inner(value, key)
@@ -587,12 +603,23 @@ def _fit_default_intervals(config: TrainingConfig, raw: dict[str, Any]) -> Train
 
 
 def _check_cross_fields(config: TrainingConfig, require_dataset_exists: bool) -> None:
-    for key, text in (("data.resolution", config.data.resolution),
-                      ("validation.video", config.validation.video)):
+    resolutions = config.data.resolution
+    for key, text in ([("data.resolution", t) for t in
+                       ([resolutions] if isinstance(resolutions, str) else resolutions)]
+                      + [("validation.video", config.validation.video)]):
         try:
             Resolution.parse(text)
         except ValueError as e:
             raise ConfigError(str(e), key=key) from None
+    if isinstance(resolutions, list):
+        if not resolutions:
+            raise ConfigError("must name at least one bucket", key="data.resolution")
+        if len(set(resolutions)) < len(resolutions):
+            raise ConfigError("names a bucket twice", key="data.resolution")
+        if len(resolutions) > 1 and (config.optimization.batch_size > 1
+                                     or config.resources.processes > 1):
+            raise ConfigError("several buckets train with optimization.batch_size = 1 on one "
+                              "process (use gradient_accumulation_steps)", key="data.resolution")
     steps = config.optimization.steps
     for section, name in _STEP_INTERVALS:
         key, interval = f"{section}.{name}", getattr(getattr(config, section), name)

@@ -317,3 +317,52 @@ def test_ltx_video_family_is_the_trainers_path(tiny: Components) -> None:
         loss = training_loss(tiny.transformer, data.batch([0], torch.device("cpu")), geometry,
                              sigma, noise, clean)
     torch.testing.assert_close(((pred - (noise - x)) ** 2).mean(), loss)
+
+
+# --- several resolution buckets -------------------------------------------------------------
+
+
+def test_clips_choose_the_bucket_nearest_their_shape() -> None:
+    from ltxq.config import Resolution
+    from ltxq.trainer.media import choose_bucket
+
+    land, port = Resolution(768, 512, 49), Resolution(512, 768, 49)
+    short, still = Resolution(768, 512, 25), Resolution(768, 512, 1)
+    buckets = [land, port, short, still]
+    assert choose_bucket(buckets, 1920, 1080, 100) == land
+    assert choose_bucket(buckets, 1080, 1920, 100) == port
+    assert choose_bucket(buckets, 1920, 1080, 30) == short  # too short for 49 frames
+    assert choose_bucket(buckets, 1080, 1920, 30) == short  # the only one it fills
+    assert choose_bucket(buckets, 1080, 1920, 1) == still
+    assert choose_bucket([land, port], 1920, 1080, 20) is None
+
+
+def test_portrait_and_landscape_clips_train_together(tmp_path: Path, tiny: Components) -> None:
+    ds = tmp_path / "ds"
+    rng = np.random.default_rng(0)
+    ds.mkdir()
+    write_mp4(ds / "wide.mp4",
+              rng.integers(0, 256, (10, 36, 72, 3), np.uint8))
+    write_mp4(ds / "tall.mp4", rng.integers(0, 256, (10, 72, 36, 3), np.uint8))
+    write_mp4(ds / "short.mp4", rng.integers(0, 256, (5, 72, 36, 3), np.uint8))
+    for name in ("wide", "tall", "short"):
+        (ds / f"{name}.txt").write_text("a red square")
+    logs: list[str] = []
+    config = parse_config({
+        "model": {"source": "tiny-random"},
+        "data": {"dataset": str(ds), "resolution": ["64x32x9", "32x64x9"]},
+        "lora": {"rank": 4}, "optimization": {"steps": 4, "batch_size": 1},
+        "validation": {"interval": 0}, "checkpoints": {"interval": 0}})
+    samples = prepare_dataset(config, tiny, log=logs.append)
+    shapes = {s.source: tuple(s.latents.shape) for s in samples}
+    # 64x32x9 -> latents [8, 3, 8, 16] (W/4 = 16 wide); 32x64x9 -> [8, 3, 16, 8].
+    assert shapes == {"wide.mp4": (8, 3, 8, 16), "tall.mp4": (8, 3, 16, 8)}
+    assert any("short.mp4: fits none of the buckets 64x32x9, 32x64x9 (5 frames)" in line
+               for line in logs)
+    run = RecordingRun(tmp_path / "out")
+    result = fit_clean(config, run, tiny, samples)
+    assert result.step == 4 and result.lora_path is not None
+    assert all(np.isfinite(c[2]) for c in run.progress_calls)
+    with pytest.raises(ConfigError, match=r"data\.resolution.*batch_size = 1"):
+        parse_config({"data": {"dataset": "d", "resolution": ["64x32x9", "32x64x9"]},
+                      "optimization": {"batch_size": 2}})

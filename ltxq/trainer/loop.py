@@ -146,16 +146,18 @@ class Batch:
 
 
 class Dataset:
-    """The prepared samples stacked into tensors on the CPU (moved per batch)."""
+    """The prepared samples stacked into tensors on the CPU (moved per batch).
+
+    With several resolution buckets the latents differ in shape: `latents` is then None,
+    each sample's tensor is kept on its own, and a batch holds one sample (a config rule).
+    """
 
     def __init__(self, samples: list[PreparedSample], default_rate: float = 25.0) -> None:
         if not samples:
             raise TrainingError("no training samples")
-        shapes = {tuple(s.latents.shape) for s in samples}
-        if len(shapes) > 1:
-            raise TrainingError(f"samples of different latent shapes {sorted(shapes)}: "
-                                f"one resolution bucket per run")
-        self.latents = torch.stack([s.latents for s in samples])
+        self.shapes = sorted({tuple(s.latents.shape) for s in samples})
+        self.each = [s.latents for s in samples]
+        self.latents = torch.stack(self.each) if len(self.shapes) == 1 else None
         self.embeds = torch.stack([s.prompt_embeds for s in samples])
         self.mask = torch.stack([s.prompt_mask for s in samples])
         # Each clip's own frame rate (images and files that do not say: DEFAULT_RATE).
@@ -163,7 +165,11 @@ class Dataset:
                                         dtype=torch.float64)
 
     def __len__(self) -> int:
-        return self.latents.shape[0]
+        return len(self.each)
+
+    @property
+    def channels(self) -> int:
+        return self.each[0].shape[0]
 
     def common_frame_rate(self) -> float:
         """Return the most common clip frame rate (the lowest on a tie)."""
@@ -173,8 +179,15 @@ class Dataset:
     def batch(self, indices: list[int], device: torch.device) -> Batch:
         """Return the samples at INDICES on DEVICE."""
         idx = torch.tensor(indices)
-        return Batch(*(t[idx].to(device, non_blocking=True)
-                       for t in (self.latents, self.embeds, self.mask)),
+        if self.latents is not None:
+            latents = self.latents[idx]
+        elif len({tuple(self.each[i].shape) for i in indices}) == 1:
+            latents = torch.stack([self.each[i] for i in indices])
+        else:
+            raise TrainingError("a batch across resolution buckets: several buckets train "
+                                "with optimization.batch_size = 1 on one process")
+        return Batch(*(t.to(device, non_blocking=True)
+                       for t in (latents, self.embeds[idx], self.mask[idx])),
                      frame_rates=self.frame_rates[idx])  # stays on the CPU (RoPE scale)
 
 
@@ -187,7 +200,8 @@ def training_loss(transformer: torch.nn.Module, batch: Batch, geometry: Geometry
     ([B, S] bool, the first frame) stay clean, get timestep 0 and are left out of the loss.
     SIGMAS [B] and NOISE [B, S, C] are on the batch's device.
     """
-    x = LTXPipeline._pack_latents(batch.latents, geometry.patch_size, geometry.patch_size_t)
+    x = LTXPipeline._pack_latents(  # noqa: SLF001 - diffusers' own packing
+        batch.latents, geometry.patch_size, geometry.patch_size_t)
     s = sigmas[:, None, None].to(x.dtype)
     noisy = torch.where(condition[..., None], x, (1 - s) * x + s * noise)
     target = noise - x
@@ -260,15 +274,16 @@ class Trainer:
     def micro_batch_loss(self) -> torch.Tensor:
         """Draw a batch, its sigmas, noise and first-frame coins, and return its loss."""
         opt = self.config.optimization
-        g = self.geometry
         # Every rank draws the whole global batch from the shared streams and keeps its own
         # slice: the streams stay in step on every rank (and in a checkpoint), and N ranks
         # see what one process with an N times larger batch would.
         n = opt.batch_size * self.ranks.count
         mine = self.ranks.shard(opt.batch_size)
         batch = self.data.batch(self.order.take(n)[mine], self.device)
+        # One bucket: the run's geometry; several: the batch's (one sample's) bucket.
+        g = self.geometry_of(tuple(batch.latents.shape[1:]))
         sigmas = sample_sigmas(n, g.tokens, opt.timestep_sampling, self.generators.sigma)[mine]
-        noise = torch.randn((n, g.tokens, self.data.latents.shape[1]),
+        noise = torch.randn((n, g.tokens, self.data.channels),
                             generator=self.generators.noise)[mine]
         # Always draw the coins, so p = 0 and p > 0 runs see the same noise stream.
         coins = torch.rand(n, generator=self.generators.condition)[mine]
@@ -279,6 +294,13 @@ class Trainer:
             return training_loss(self.components.transformer, batch, g,
                                  sigmas.to(self.device), noise.to(self.device),
                                  condition.to(self.device))
+
+    def geometry_of(self, shape: tuple[int, ...]) -> Geometry:
+        """Return the geometry of latents of SHAPE [C, F, H, W] (the run's, or a bucket's)."""
+        if shape == tuple(self.data.shapes[0]) and len(self.data.shapes) == 1:
+            return self.geometry
+        return Geometry.of(self.components, torch.empty((1, *shape), device="meta"),
+                           self.config.data.frame_rate)
 
     # --- checkpoints --------------------------------------------------------------------
 
@@ -621,7 +643,8 @@ def _set_up(config: TrainingConfig, run: Run, components: Components,
                if config.validation.prompts and ranks.is_main else None)
     return Trainer(
         prompts=prompts, config=config, run=run, components=components, data=data,
-        geometry=Geometry.of(components, data.latents, config.data.frame_rate), device=device,
+        geometry=Geometry.of(components, torch.empty((1, *data.shapes[0]), device="meta"),
+                             config.data.frame_rate), device=device,
         accelerator=accelerator, params=params, optimizer=optimizer, scheduler=scheduler,
         generators=Generators.seeded(opt.seed), order=DataOrder(len(data), opt.seed),
         ranks=ranks, metrics=MetricsWriter(Path(run.output_dir)) if ranks.is_main else None)

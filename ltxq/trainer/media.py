@@ -8,6 +8,7 @@ text says why, so the caller can skip the file by name and go on.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,39 @@ def load_clip(path: Path, bucket: Resolution) -> torch.Tensor:
         raise MediaError(f"too short: {len(frames)} frames, the bucket {bucket} needs "
                          f"{bucket.frames}")
     return fit_to_bucket(frames[:bucket.frames], bucket.width, bucket.height)
+
+
+def choose_bucket(buckets: list[Resolution], width: int, height: int,
+                  frames: int) -> Resolution | None:
+    """Return the bucket for a WIDTHxHEIGHT clip of FRAMES frames (1: a still image).
+
+    A still goes to a one-frame bucket and a video to a longer one it fills; among those, the
+    nearest aspect ratio wins (so portrait and landscape clips keep their framing), then the
+    most frames, then the largest area. None when no bucket fits.
+    """
+    fits = [b for b in buckets
+            if (b.frames == 1 if frames == 1 else 1 < b.frames <= frames)]
+    if not fits:
+        return None
+    aspect = math.log(width / height)
+    return min(fits, key=lambda b: (round(abs(aspect - math.log(b.width / b.height)), 6),
+                                    -b.frames, -b.width * b.height))
+
+
+def load_clip_in_buckets(path: Path, buckets: list[Resolution]) -> tuple[torch.Tensor,
+                                                                         Resolution]:
+    """Decode PATH, choose its bucket (`choose_bucket`) and fit it: ([3, F, H, W], bucket)."""
+    if len(buckets) == 1:
+        return load_clip(path, buckets[0]), buckets[0]
+    still = path.suffix.lower() in IMAGE_EXTENSIONS
+    frames = read_frames(path, 1 if still else max(b.frames for b in buckets))
+    height, width = frames.shape[1:3]
+    bucket = choose_bucket(buckets, width, height, len(frames))
+    if bucket is None:
+        names = ", ".join(str(b) for b in buckets)
+        what = "a still image" if len(frames) == 1 else f"{len(frames)} frames"
+        raise MediaError(f"fits none of the buckets {names} ({what})")
+    return fit_to_bucket(frames[:bucket.frames], bucket.width, bucket.height), bucket
 
 
 def _first_line(e: BaseException) -> str:

@@ -40,7 +40,7 @@ from ltxq.trainer.captions import (
     sidecar_caption,
 )
 from ltxq.trainer.family import family_of
-from ltxq.trainer.media import MediaError, frame_rate_of, is_media, load_clip
+from ltxq.trainer.media import MediaError, frame_rate_of, is_media, load_clip_in_buckets
 from ltxq.trainer.memory import on_device
 from ltxq.trainer.models import Components
 
@@ -174,10 +174,12 @@ def _hidden(dataset: Path, path: Path) -> bool:
 
 def _build(config: TrainingConfig, components: Components, dataset: Path, items: list[_Item],
            log: Log, progress: Progress | None) -> PreparedDataset:
-    bucket = config.data.bucket
+    buckets = config.data.buckets
     samples: list[PreparedSample] = []
     skipped: list[tuple[str, str]] = []
-    log(f"preprocessing {len(items)} media files in {dataset} for bucket {bucket}")
+    where = (f"bucket {buckets[0]}" if len(buckets) == 1
+             else "buckets " + ", ".join(str(b) for b in buckets))
+    log(f"preprocessing {len(items)} media files in {dataset} for {where}")
     if progress is not None:
         progress(0, len(items))
 
@@ -203,7 +205,6 @@ def _encode_item(components: Components, config: TrainingConfig, item: _Item, ma
                  samples: list[PreparedSample], skip: Callable[[str, str], None],
                  log: Log) -> None:
     """Encode ITEM into SAMPLES, or SKIP it with the reason."""
-    bucket = config.data.bucket
     if item.caption is None:
         skip(item.key, f"no caption (no {Path(item.key).with_suffix('.txt').name} and "
                        f"not in {' / '.join(CAPTION_FILES)})")
@@ -211,7 +212,7 @@ def _encode_item(components: Components, config: TrainingConfig, item: _Item, ma
         skip(item.key, "empty caption")
     else:
         try:
-            clip = load_clip(item.path, bucket)
+            clip, bucket = load_clip_in_buckets(item.path, config.data.buckets)
         except MediaError as e:
             skip(item.key, str(e))
         else:
@@ -238,7 +239,7 @@ def encode_clip(components: Components, clip: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         # The posterior mode: deterministic, and never tied to the training noise generator.
         latents = vae.encode(x).latent_dist.mode()
-        latents = LTXPipeline._normalize_latents(
+        latents = LTXPipeline._normalize_latents(  # noqa: SLF001 - as LTXPipeline does
             latents, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
     return latents[0].float().cpu().contiguous()
 
@@ -263,7 +264,8 @@ def encode_caption(components: Components, text: str, max_tokens: int | None = N
 
 def _manifest_settings(config: TrainingConfig, components: Components) -> dict[str, object]:
     return {"cache_version": CACHE_VERSION, "model_source": components.source,
-            "model_revision": config.model.revision, "resolution": str(config.data.bucket),
+            "model_revision": config.model.revision,
+            "resolution": ", ".join(str(b) for b in config.data.buckets),
             "caption_prefix": config.data.caption_prefix,
             "max_sequence_length": config.data.caption_max_tokens}
 
