@@ -234,6 +234,18 @@ def test_host_and_origin_are_checked(world):
         assert c.post("/pause", headers={**h, "Origin": BASE}).status_code in (200, 303)
 
 
+def test_a_wildcard_bind_accepts_this_machines_names_and_allowed_ones(world):
+    import socket
+
+    app = create_app(Settings(world.spool, world.datasets, token="t" * 16, host="0.0.0.0",
+                              allow_hosts=("ltxq.example",)))
+    with TestClient(app, base_url=BASE) as c:
+        auth = {"Authorization": "Bearer " + "t" * 16}
+        for host in (socket.gethostname(), "ltxq.example:8765", "127.0.0.1:8765"):
+            assert c.get("/api/jobs", headers={**auth, "Host": host}).status_code == 200, host
+        assert c.get("/api/jobs", headers={**auth, "Host": "evil.example"}).status_code == 421
+
+
 def test_token_bearer_and_url_exchanged_for_a_strict_cookie(world):
     token = "s3cret-token-0123456789"
     with client(world, token=token) as c:

@@ -147,9 +147,12 @@ def test_submit_watch_play_cancel_in_a_browser(served, tmp_path):
         wait_for(lambda: driver.execute_script(play)[0] >= 2, 30,
                  "the video to have data (readyState >= 2)")
         points = int(driver.find_element(By.ID, "loss-chart").get_attribute("data-points"))
+        log_at = int(driver.find_element(By.ID, "log").get_attribute("data-offset"))
         wait_for(lambda: int(driver.find_element(By.ID, "loss-chart")
                              .get_attribute("data-points")) > points, 60,
                  "the chart to grow live")
+        wait_for(lambda: int(driver.find_element(By.ID, "log").get_attribute("data-offset"))
+                 > log_at, 30, "the log to follow live")
         shot(driver, "job", tmp_path)
 
         # Cancel from the page; the queue row says cancelled.

@@ -39,7 +39,7 @@ from ltxq.progress import format_duration
 from ltxq.spool import State
 from ltxq.web import data, form
 from ltxq.web.datasets import Datasets, queue_dataset_job
-from ltxq.web.security import LOOPBACK_NAMES, Guard, action
+from ltxq.web.security import LOOPBACK_NAMES, Guard, action, this_machine_names
 from ltxq.web.watcher import Watcher
 
 HERE = Path(__file__).parent
@@ -58,6 +58,7 @@ class Settings:
     token: str | None = None
     host: str = "127.0.0.1"
     base_dir: Path | None = None  # relative paths of submitted jobs resolve here (the cwd)
+    allow_hosts: tuple[str, ...] = ()  # more names the Host header may carry (--allow-host)
 
 
 def _templates() -> jinja2.Environment:
@@ -452,7 +453,9 @@ def create_app(settings: Settings) -> Starlette:
         finally:
             await watcher.stop()
 
-    hosts = set(LOOPBACK_NAMES) | {settings.host}
+    hosts = set(LOOPBACK_NAMES) | {settings.host} | set(settings.allow_hosts)
+    if settings.host in ("0.0.0.0", "::", ""):
+        hosts |= this_machine_names()
     routes = [
         Route("/", queue),
         Route("/fragments/queue", queue_fragment),

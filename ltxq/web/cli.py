@@ -29,6 +29,9 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "once.")(f)
     f = click.option("--port", type=click.IntRange(1, 65535), default=8765,
                      show_default=True, help="TCP port.")(f)
+    f = click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+                     help="Another name clients use for this server (a Host header accepted "
+                          "besides loopback, --host and, for 0.0.0.0, this machine's names).")(f)
     return click.option("--host", default="127.0.0.1", show_default=True,
                         help="Address to listen on; anything but loopback needs --token.")(f)
 
@@ -43,13 +46,14 @@ def _check(host: str, token: str | None) -> None:
         raise click.BadParameter("use at least 16 characters", param_hint="--token")
 
 
-def _serve(spool: Spool, host: str, port: int, token: str | None, datasets: Path) -> None:
+def _serve(spool: Spool, host: str, port: int, token: str | None, datasets: Path,
+           allow_hosts: tuple[str, ...]) -> None:
     import uvicorn
 
     from ltxq.web.app import Settings, create_app
 
     app = create_app(Settings(spool_path=spool.path, datasets=datasets.absolute(), token=token,
-                              host=host))
+                              host=host, allow_hosts=allow_hosts))
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"ltxq web: http://{shown}:{port}/ (spool {spool.path}, datasets "
                f"{datasets.absolute()})", err=True)
@@ -60,14 +64,15 @@ def _serve(spool: Spool, host: str, port: int, token: str | None, datasets: Path
 @click.command()
 @_options
 @click.pass_obj
-def web(spool: Spool, host: str, port: int, token: str | None, datasets: Path) -> None:
+def web(spool: Spool, host: str, port: int, token: str | None, datasets: Path,
+        allow_hosts: tuple[str, ...]) -> None:
     """Serve the dashboard: queue, jobs' curves and videos, new jobs, datasets.
 
     The spool need not exist yet: the first job submitted from the form makes it, as
     `ltxq submit` does.
     """
     _check(host, token)
-    _serve(spool, host, port, token, datasets)
+    _serve(spool, host, port, token, datasets, allow_hosts)
 
 
 @click.command()
@@ -75,7 +80,7 @@ def web(spool: Spool, host: str, port: int, token: str | None, datasets: Path) -
 @click.option("--device", help="The daemon's device: cpu, cuda, or cuda:N.")
 @click.pass_obj
 def up(spool: Spool, host: str, port: int, token: str | None, datasets: Path,
-       device: str | None) -> None:
+       allow_hosts: tuple[str, ...], device: str | None) -> None:
     """Start one daemon and the dashboard together; Ctrl-C stops both (the running job
     checkpoints and is requeued, as when a daemon gets SIGTERM)."""
     _check(host, token)
@@ -89,7 +94,7 @@ def up(spool: Spool, host: str, port: int, token: str | None, datasets: Path,
     click.echo(f"ltxq up: daemon pid {daemon.pid}", err=True)
     previous = signal.getsignal(signal.SIGTERM)
     try:
-        _serve(spool, host, port, token, datasets)
+        _serve(spool, host, port, token, datasets, allow_hosts)
     finally:
         signal.signal(signal.SIGTERM, previous)
         if daemon.poll() is None:
