@@ -284,6 +284,8 @@ def test_caption_bad_input_is_one_line_exit_2(tmp_path: Path, cache: Path) -> No
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "missing" in p.stderr
     p = ltxq(tmp_path, cache, "caption", "x", "--format", "csv", check=False)
     assert p.returncode == 2 and "--format" in p.stderr
+    p = ltxq(tmp_path, cache, "caption", "x", "--fps", "0", check=False)
+    assert p.returncode == 2 and "--fps" in p.stderr and p.stderr.count("\n") == 1
     p = ltxq(tmp_path, cache, "caption", "--help")
     assert "--override" in p.stdout and "--max-new-tokens" in p.stdout
 

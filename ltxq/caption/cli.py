@@ -32,8 +32,12 @@ from ltxq.errors import ConfigError, LtxqError
 @click.option("--device", help="cpu, cuda, or cuda:N (default: the best available).")
 @click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=200, show_default=True,
               help="Most tokens generated per caption.")
+@click.option("--fps", type=click.FloatRange(0.1, 60.0), default=3.0, show_default=True,
+              help="Frames per second sampled from a video (as upstream: 3).")
+@click.option("--max-frames", type=click.IntRange(2, 768), default=64, show_default=True,
+              help="Most frames per video (a longer one is sampled more sparsely).")
 def caption(dataset: Path, model: str, prompt: str, override: bool, fmt: str,
-            device: str | None, max_new_tokens: int) -> None:
+            device: str | None, max_new_tokens: int, fps: float, max_frames: int) -> None:
     """Caption the clips of DATASET that have no caption, in the foreground.
 
     Each caption is recorded as soon as it is made; Ctrl-C (or a kill) loses at most the clip
@@ -45,7 +49,8 @@ def caption(dataset: Path, model: str, prompt: str, override: bool, fmt: str,
         model = str(Path(model).expanduser().absolute())
     config, _ = parse_kind_sections("caption", {"caption": {
         "dataset": str(dataset), "model": model, "prompt": prompt, "override": override,
-        "format": fmt, "max_new_tokens": max_new_tokens}}, base_dir=Path.cwd(),
+        "format": fmt, "max_new_tokens": max_new_tokens, "fps": fps,
+        "max_frames": max_frames}}, base_dir=Path.cwd(),
         require_dataset_exists=True)
     trainer_device = pin_device(device)
     sys.exit(_run_foreground(config, trainer_device))
