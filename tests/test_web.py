@@ -610,3 +610,29 @@ def test_watcher_of_a_spool_made_later_switches_to_inotify(tmp_path):
 
     event, watching = asyncio.run(scenario())
     assert event["queue"] and watching
+
+
+def test_a_server_started_before_its_spool_exists(tmp_path):
+    (tmp_path / "datasets" / "ds").mkdir(parents=True)
+    spool = tmp_path / "spool"
+    app = create_app(Settings(spool, tmp_path / "datasets", base_dir=tmp_path))
+    with TestClient(app, base_url=BASE) as c:
+        assert "No spool yet" in c.get("/").text
+        assert c.get("/api/jobs").json() == []
+        assert c.get("/jobs/1").status_code == 404
+        assert c.get("/datasets").status_code == 200
+        assert c.post("/pause", headers=csrf(c)).status_code in (400, 404)
+        assert not spool.exists()  # reading and refused actions make no spool
+        r = c.post("/submit", data={"csrf": c.cookies["ltxq_csrf"], "dataset": "ds",
+                                    "model.source": "tiny-random"}, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == "/jobs/1"
+        assert (spool / "pending").is_dir()
+
+
+def test_run_again_of_a_done_job_queues_a_fresh_copy(world):
+    done = world.ids["done"]
+    with client(world) as c:
+        r = c.post(f"/jobs/{done}/resume", data={"fresh": "1"},
+                   headers={**csrf(c), "HX-Request": "1"})
+    assert r.status_code == 200, r.text
+    assert world.state(done) == "done"

@@ -76,7 +76,7 @@ class Watcher:
             inotify = INotify(nonblocking=True)
             self._wd: dict[int, str] = {}
             for name in FOLDERS:
-                folder = self.spool.dir(name)
+                folder = self.spool.path / name
                 if folder.is_dir():
                     self._wd[inotify.add_watch(os.fspath(folder), mask)] = name
         except OSError:
@@ -139,14 +139,14 @@ class Watcher:
     def _signature(self) -> dict[str, Any]:
         sig: dict[str, Any] = {}
         for name in FOLDERS:
-            folder: Path = self.spool.dir(name)
+            folder: Path = self.spool.path / name
             try:
                 st = folder.stat()
             except FileNotFoundError:
                 continue
             sig[name] = (st.st_mtime_ns, st.st_nlink)
         logs: dict[str, tuple[int, int]] = {}
-        with contextlib.suppress(FileNotFoundError), os.scandir(self.spool.dir("logs")) as it:
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.spool.path / "logs") as it:
             for entry in it:
                 with contextlib.suppress(FileNotFoundError):
                     st = entry.stat()
