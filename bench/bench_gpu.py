@@ -1,6 +1,8 @@
-"""GPU step time and memory: ltxq's training loop on the real-size LTX-Video 2B transformer.
+"""GPU step time and memory: ltxq's training loop on the real-size LTX-Video 2B and 13B
+transformers, next to a bare PyTorch loop of the same model measured in the same run.
 
-The prepared one-shot check for a lent GPU machine (issue 5, item 5). It builds the 2B
+The prepared one-shot check for a lent GPU machine (issue 5 item 5, issue 14 item 7).
+It builds the 2B
 transformer from its config (28 layers, 32 heads of 64, cross-attention 2048, caption
 channels 4096, 128 latent channels) with random weights, in bf16, adds a LoRA of rank 32 on
 the attention projections (peft, through ltxq's own `add_lora`), turns on gradient
@@ -14,6 +16,15 @@ so s/step and memory are those of real training at this size.
 
     .venv/bin/python bench/bench_gpu.py                 # on a CUDA machine
     .venv/bin/python bench/bench_gpu.py --tiny          # CPU smoke check (tiny model, fp32)
+    .venv/bin/python bench/bench_gpu.py --all           # the issue-14 set, one process each:
+        2B bf16 (ltxq, bare), 13B int8 weights (ltxq, bare); then a markdown table
+
+`--model 13b` is the 13B 0.9.7/0.9.8 transformer (48 layers, 32 heads of 128, cross-attention
+4096: 13.04 B parameters); `--quantization int8|fp8` gives its frozen weights 8 bits (torchao,
+as `model.quantization` does; bf16 13B alone is 24.3 GiB); `--optimizer adamw8bit` uses
+bitsandbytes; `--loop bare` replaces ltxq's `fit` by a plain loop (pack, noise, forward,
+MSE, backward, clip, AdamW step) over the same LoRA-wrapped transformer: the overhead of
+ltxq's loop is the difference.
 
 Prints one block: median s/step over the timed steps and peak GPU memory
 (torch.cuda.max_memory_allocated, from after the model is built to the end of the run).
@@ -22,11 +33,16 @@ Prints one block: median s/step over the timed steps and peak GPU memory
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
+import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -36,6 +52,8 @@ from timing_run import TimingRun  # bench/ is on sys.path when a bench script ru
 REAL_TRANSFORMER = dict(  # Lightricks/LTX-Video 2B (REFERENCE.md)
     in_channels=128, out_channels=128, patch_size=1, patch_size_t=1, num_attention_heads=32,
     attention_head_dim=64, cross_attention_dim=2048, num_layers=28, caption_channels=4096)
+REAL_13B_TRANSFORMER = dict(  # Lightricks/LTX-Video 13B 0.9.7 / 0.9.8 (REFERENCE.md)
+    REAL_TRANSFORMER, attention_head_dim=128, cross_attention_dim=4096, num_layers=48)
 REAL_SPATIAL_COMPRESSION = 32
 REAL_TEMPORAL_COMPRESSION = 8
 REAL_TEXT_TOKENS = 128  # ltxq's DEFAULT_MAX_SEQUENCE_LENGTH for the real model
@@ -59,14 +77,17 @@ class Figures:
     warmup: int
     step_seconds: list[float]      # the timed steps
     peak_bytes: int | None         # GPU only
+    loop: str = "ltxq"             # ltxq's fit, or the bare baseline loop
+    quantization: str = "none"
+    optimizer: str = "adamw"
 
     @property
     def median(self) -> float:
         return statistics.median(self.step_seconds)
 
 
-def build_components(tiny: bool, device: torch.device, dtype: torch.dtype):
-    """Return ltxq Components: the tiny-random model, or the 2B transformer (random weights).
+def build_components(tiny: bool, device: torch.device, dtype: torch.dtype, model: str = "2b"):
+    """Return ltxq Components: the tiny-random model, or the 2B/13B transformer (random weights).
 
     For the 2B model only the transformer is real: the loop reads nothing of the VAE but its
     compression ratios (no validation prompts), and no text is encoded.
@@ -85,14 +106,15 @@ def build_components(tiny: bool, device: torch.device, dtype: torch.dtype):
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            transformer = LTXVideoTransformer3DModel(**REAL_TRANSFORMER)
+            transformer = LTXVideoTransformer3DModel(
+                **(REAL_13B_TRANSFORMER if model == "13b" else REAL_TRANSFORMER))
     finally:
         torch.set_default_dtype(default)
     transformer.eval()
     vae = SimpleNamespace(spatial_compression_ratio=REAL_SPATIAL_COMPRESSION,
                           temporal_compression_ratio=REAL_TEMPORAL_COMPRESSION)
     return Components(transformer=transformer, vae=vae, text_encoder=None, tokenizer=None,
-                      scheduler=None, source="LTX-Video 2B config, random weights",
+                      scheduler=None, source=f"LTX-Video {model.upper()} config, random weights",
                       max_sequence_length=DEFAULT_MAX_SEQUENCE_LENGTH)
 
 
@@ -125,10 +147,14 @@ def bench(args: argparse.Namespace) -> Figures:
     from ltxq.trainer.device import weight_dtype
     from ltxq.trainer.loop import fit
     from ltxq.trainer.lora import remove_lora
+    from ltxq.trainer.memory import quantize_transformer
 
     device = torch.device(args.device)
     precision = "no" if args.tiny else "bf16"
-    components = build_components(args.tiny, device, weight_dtype(precision))
+    components = build_components(args.tiny, device, weight_dtype(precision), args.model)
+    # As model.quantization does (fp8 keeps the LoRA targets: peft has no fp8 LoRA layer).
+    quantize_transformer(components.transformer, args.quantization,
+                         ("to_k", "to_q", "to_v", "to_out.0") if args.quantization == "fp8" else ())
     shape = latent_shape(components, args.resolution)
     text_tokens = components.max_sequence_length if args.tiny else REAL_TEXT_TOKENS
     text_width = components.transformer.config.caption_channels
@@ -138,30 +164,87 @@ def bench(args: argparse.Namespace) -> Figures:
         "data": {"dataset": "unused", "resolution": args.resolution},
         "lora": {"rank": args.rank},
         "optimization": {"steps": args.warmup + args.steps, "batch_size": 1,
-                         "mixed_precision": precision, "gradient_checkpointing": True},
+                         "mixed_precision": precision, "gradient_checkpointing": True,
+                         "optimizer": args.optimizer},
         "validation": {"prompts": []},
         "checkpoints": {"interval": 0}})
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    with tempfile.TemporaryDirectory(prefix="bench_gpu_") as out:
-        run = TimingRun(Path(out), str(device))
-        try:
-            fit(config, run, components, samples, device=device, precision=precision)
-            trainable = sum(p.numel() for p in components.transformer.parameters()
-                            if p.requires_grad)
-        finally:
-            remove_lora(components.transformer)
+    if args.loop == "bare":
+        steps, trainable = bare_loop(components, samples, config, device, precision,
+                                     args.warmup)
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench_gpu_") as out:
+            run = TimingRun(Path(out), str(device))
+            try:
+                fit(config, run, components, samples, device=device, precision=precision)
+                trainable = sum(p.numel() for p in components.transformer.parameters()
+                                if p.requires_grad)
+            finally:
+                remove_lora(components.transformer)
+        # Stamps mark step ends; the first timed step starts when the last warm-up one ended.
+        stamps = run.stamps[args.warmup - 1:]
+        steps = [b - a for a, b in itertools.pairwise(stamps)]
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    # Stamps mark step ends; the first timed step starts when the last warm-up step ended.
-    stamps = run.stamps[args.warmup - 1:]
-    steps = [b - a for a, b in zip(stamps, stamps[1:])]
     return Figures(
-        model="tiny-random" if args.tiny else "LTX-Video 2B transformer, random weights",
+        model="tiny-random" if args.tiny else
+        f"LTX-Video {args.model.upper()} transformer, random weights",
+        loop=args.loop, quantization=args.quantization, optimizer=args.optimizer,
         device=_device_name(device), precision="fp32" if precision == "no" else precision,
         resolution=args.resolution, latent_shape=shape, tokens=shape[1] * shape[2] * shape[3],
         text_shape=(text_tokens, text_width), rank=args.rank, trainable=trainable,
         warmup=args.warmup, step_seconds=steps, peak_bytes=peak)
+
+
+def bare_loop(components, samples: list, config, device: torch.device, precision: str,
+              warmup: int) -> tuple[list[float], int]:
+    """Run a plain training loop over the same LoRA-wrapped transformer; return the timed
+    step seconds and the LoRA parameter count. No sigma shift, no first-frame conditioning,
+    no schedule, no checkpoints: the floor ltxq's loop is compared with."""
+    from diffusers import LTXPipeline
+
+    from ltxq.trainer.lora import add_lora, remove_lora
+    from ltxq.trainer.memory import make_optimizer
+
+    opt = config.optimization
+    transformer = components.transformer
+    params = add_lora(transformer, config.lora, seed=0)
+    transformer.enable_gradient_checkpointing()
+    transformer.train()
+    optimizer = make_optimizer(params, opt)
+    vae = components.vae
+    _, f, h, w = samples[0].latents.shape
+    rope = (vae.temporal_compression_ratio / 25.0, vae.spatial_compression_ratio,
+            vae.spatial_compression_ratio)
+    dtype = transformer.dtype
+    seconds = []
+    try:
+        for i in range(opt.steps):
+            sample = samples[i % len(samples)]
+            start = time.perf_counter()
+            x = LTXPipeline._pack_latents(sample.latents[None].to(device, dtype), 1, 1)  # noqa: SLF001
+            noise = torch.randn_like(x)
+            sigma = torch.rand(1, device=device, dtype=dtype)
+            noisy = (1 - sigma) * x + sigma * noise
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                pred = transformer(
+                    hidden_states=noisy,
+                    encoder_hidden_states=sample.prompt_embeds[None].to(device, dtype),
+                    timestep=sigma * 1000, encoder_attention_mask=sample.prompt_mask[None].to(
+                        device), num_frames=f, height=h, width=w,
+                    rope_interpolation_scale=rope, return_dict=False)[0]
+            loss = torch.nn.functional.mse_loss(pred.float(), (noise - x).float())
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, opt.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss.item()  # waits for the device, as ltxq's loop does each step
+            seconds.append(time.perf_counter() - start)
+        trainable = sum(p.numel() for p in params)
+    finally:
+        remove_lora(transformer)
+    return seconds[warmup:], trainable
 
 
 def render(f: Figures) -> str:
@@ -171,13 +254,14 @@ def render(f: Figures) -> str:
               if f.peak_bytes is not None else
               f"n/a on CPU (peak RSS {_peak_rss_gib():.2f} GiB)")
     return "\n".join([
-        f"bench_gpu: {f.model}",
+        f"bench_gpu: {f.model}; {f.loop} loop"
+        + (f"; {f.quantization} weights" if f.quantization != "none" else ""),
         f"  {f.device}, torch {torch.__version__}, "
         + ("fp32" if f.precision == "fp32" else f"{f.precision} weights and autocast"),
         f"  video {f.resolution} -> latents {c}x{fr}x{h}x{w} = {f.tokens} tokens; "
         f"text {f.text_shape[0]}x{f.text_shape[1]}; batch 1",
         f"  LoRA rank {f.rank} on to_k/to_q/to_v/to_out.0 ({f.trainable:,} params), "
-        f"gradient checkpointing, AdamW",
+        f"gradient checkpointing, {f.optimizer}",
         f"  steps: {f.warmup} warm-up + {len(f.step_seconds)} timed",
         f"  median s/step    {f.median:8.3f} s  (min {min(f.step_seconds):.3f}, "
         f"max {max(f.step_seconds):.3f})",
@@ -205,6 +289,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resolution", default=None,
                         help=f"WxHxF (768x512x49; tiny {TINY_RESOLUTION})")
     parser.add_argument("--device", default=None, help="cuda, cuda:N (tiny: cpu)")
+    parser.add_argument("--model", choices=("2b", "13b"), default="2b")
+    parser.add_argument("--quantization", choices=("none", "int8", "fp8"), default="none")
+    parser.add_argument("--optimizer", choices=("adamw", "adamw8bit"), default="adamw")
+    parser.add_argument("--loop", choices=("ltxq", "bare"), default="ltxq")
+    parser.add_argument("--all", action="store_true",
+                        help="2B (ltxq, bare) and 13B int8 (ltxq, bare), one process each")
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 3)
     args.steps = args.steps if args.steps is not None else (2 if args.tiny else 5)
@@ -221,9 +312,48 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_gpu.py: no CUDA GPU here; run it on a GPU machine, or add --tiny for "
               "the CPU smoke check", file=sys.stderr)
         return 2
-    print(render(bench(args)))
+    if args.all:
+        return run_all(args)
+    figures = bench(args)
+    print(render(figures))
+    if args.json:
+        print(JSON_PREFIX + json.dumps(asdict(figures)))
     sys.stdout.flush()
     return 0
+
+
+JSON_PREFIX = "bench_gpu-json "
+# The issue-14 set: each in its own process, so one's peak memory never counts in another's.
+VARIANTS = (("2b", "none", "ltxq"), ("2b", "none", "bare"),
+            ("13b", "int8", "ltxq"), ("13b", "int8", "bare"))
+
+
+def run_all(args: argparse.Namespace) -> int:
+    """Run every variant in a fresh process; print each block, then a markdown table."""
+    rows, failed = [], 0
+    for model, quantization, loop in VARIANTS:
+        cmd = [sys.executable, os.path.abspath(__file__), "--json", "--model", model,
+               "--quantization", quantization, "--loop", loop, "--rank", str(args.rank),
+               "--warmup", str(args.warmup), "--steps", str(args.steps),
+               "--resolution", args.resolution, "--device", args.device,
+               "--optimizer", args.optimizer] + (["--tiny"] if args.tiny else [])
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        lines = p.stdout.splitlines()
+        print("\n".join(line for line in lines if not line.startswith(JSON_PREFIX)))
+        doc = next((json.loads(line[len(JSON_PREFIX):]) for line in lines
+                    if line.startswith(JSON_PREFIX)), None)
+        if p.returncode != 0 or doc is None:
+            failed += 1
+            last = (p.stderr.strip().splitlines() or ["no output"])[-1]
+            print(f"bench_gpu: {model} {quantization} {loop} failed: {last}")
+            continue
+        rows.append(doc)
+    print("\n| model | weights | loop | median s/step | peak GiB |\n|---|---|---|---|---|")
+    for d in rows:
+        peak = f"{d['peak_bytes'] / 2**30:.2f}" if d["peak_bytes"] is not None else "n/a (CPU)"
+        print(f"| {d['model']} | {d['quantization']} | {d['loop']} | "
+              f"{statistics.median(d['step_seconds']):.3f} | {peak} |")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ median step time after the first WARMUP steps.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 from diffusers import LTXPipeline
 from peft import LoraConfig as PeftLoraConfig
+from timing_run import TimingRun  # bench/ is on sys.path when a bench script runs
 
 from ltxq.config import parse_config
 from ltxq.trainer.demo_data import write_demo_dataset
@@ -29,7 +31,6 @@ from ltxq.trainer.loop import fit
 from ltxq.trainer.lora import remove_lora
 from ltxq.trainer.models import build_tiny_random
 from ltxq.trainer.preprocess import prepare_dataset
-from timing_run import TimingRun  # bench/ is on sys.path when a bench script runs
 
 WARMUP = 10
 
@@ -41,7 +42,7 @@ def ltxq_round(config, components, samples, workdir: Path) -> float:
         fit(config, run, components, samples)
     finally:
         remove_lora(components.transformer)
-    steps = [b - a for a, b in zip(run.stamps[WARMUP:], run.stamps[WARMUP + 1:])]
+    steps = [b - a for a, b in itertools.pairwise(run.stamps[WARMUP:])]
     return statistics.median(steps)
 
 
@@ -58,7 +59,7 @@ def bare_round(config, components, samples) -> float:
     latents = torch.stack([s.latents for s in samples])
     embeds = torch.stack([s.prompt_embeds for s in samples])
     mask = torch.stack([s.prompt_mask for s in samples])
-    _, c, f, h, w = latents.shape
+    _, _, f, h, w = latents.shape
     vae = components.vae
     rope = (vae.temporal_compression_ratio / config.data.frame_rate,
             vae.spatial_compression_ratio, vae.spatial_compression_ratio)
@@ -66,7 +67,7 @@ def bare_round(config, components, samples) -> float:
     stamps = []
     for step in range(opt.steps):
         i = step % len(samples)
-        x = LTXPipeline._pack_latents(latents[i:i + 1], 1, 1)
+        x = LTXPipeline._pack_latents(latents[i:i + 1], 1, 1)  # noqa: SLF001
         noise = torch.randn_like(x)
         sigma = torch.sigmoid(torch.randn(1))
         noisy = (1 - sigma) * x + sigma * noise
@@ -83,7 +84,7 @@ def bare_round(config, components, samples) -> float:
         loss.item()  # a real loop looks at its loss too
         stamps.append(time.perf_counter())
     remove_lora(transformer)
-    steps = [b - a for a, b in zip(stamps[WARMUP:], stamps[WARMUP + 1:])]
+    steps = [b - a for a, b in itertools.pairwise(stamps[WARMUP:])]
     return statistics.median(steps)
 
 

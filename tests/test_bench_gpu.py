@@ -66,3 +66,32 @@ def test_real_path_trains_in_bf16_on_a_shrunk_config(bench_gpu,
     assert len(figures.step_seconds) == 2 and figures.median > 0
     assert figures.trainable > 0 and figures.peak_bytes is None
     assert "median s/step" in bench_gpu.render(figures)
+
+
+def test_13b_config_is_the_13b_transformer(bench_gpu) -> None:
+    components = bench_gpu.build_components(False, torch.device("meta"), torch.bfloat16, "13b")
+    assert 12.9e9 < sum(p.numel() for p in components.transformer.parameters()) < 13.2e9
+
+
+def test_bare_loop_baseline_trains_the_same_lora(bench_gpu) -> None:
+    args = bench_gpu.parse_args(["--tiny", "--loop", "bare", "--warmup", "1", "--steps", "2"])
+    figures = bench_gpu.bench(args)
+    assert figures.loop == "bare" and len(figures.step_seconds) == 2 and figures.median > 0
+    assert figures.trainable > 0
+    assert "bare loop" in bench_gpu.render(figures)
+
+
+def test_all_runs_every_variant_and_prints_a_table() -> None:
+    """--tiny --all: 2B and 13B map to the tiny model; the int8 rows need torchao (an extra):
+    without it they fail with the one line naming it, and the others still report."""
+    p = _run("--tiny", "--all", "--steps", "1")
+    assert "| model | weights | loop | median s/step | peak GiB |" in p.stdout, p.stdout + p.stderr
+    rows = [line for line in p.stdout.splitlines() if line.startswith("| tiny-random")]
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        assert p.returncode == 1 and len(rows) == 2
+        assert p.stdout.count("pip install 'ltxq[quantization]'") == 2
+    else:
+        assert p.returncode == 0 and len(rows) == 4
+    assert {r.split("|")[3].strip() for r in rows} == {"ltxq", "bare"}

@@ -84,7 +84,7 @@ def test_fit_to_bucket_shapes_and_range(src_w: int, src_h: int, bucket: str) -> 
     out = fit_to_bucket(_noise(b.frames, src_h, src_w), b.width, b.height)
     assert out.shape == (3, b.frames, b.height, b.width)
     assert out.dtype == torch.float32
-    assert -1.0 <= float(out.min()) and float(out.max()) <= 1.0
+    assert float(out.min()) >= -1.0 and float(out.max()) <= 1.0
 
 
 def test_fit_to_bucket_keeps_aspect_and_crops_the_centre() -> None:
@@ -110,7 +110,7 @@ def test_load_clip_trims_long_videos_to_the_bucket(tmp_path: Path) -> None:
 
 def test_load_clip_refuses_short_videos(tmp_path: Path) -> None:
     write_mp4(tmp_path / "short.mp4", _noise(5, 48, 64))
-    with pytest.raises(MediaError, match="too short: 5 frames.*needs 9"):
+    with pytest.raises(MediaError, match=r"too short: 5 frames.*needs 9"):
         load_clip(tmp_path / "short.mp4", Resolution.parse("32x32x9"))
 
 

@@ -143,14 +143,59 @@ _TO_ORIGINAL = (("proj_in", "patchify_proj"), ("time_embed", "adaln_single"),
                 ("norm_q", "q_norm"), ("norm_k", "k_norm"))
 
 
-def write_single_file(components: Components, path: Path) -> Path:
-    """Write COMPONENTS' transformer as Lightricks publishes it: `model.diffusion_model.` keys
-    in the original module names (this fixture leaves the VAE to model.base)."""
+# The VAE's block names in the original 0.9.0 layout (the inverse of diffusers' converter:
+# the original numbers every resnet group, downsampler and channel change as its own block).
+_VAE_TO_ORIGINAL = (
+    ("encoder.down_blocks.0.downsamplers.0.", "encoder.down_blocks.1."),
+    ("encoder.down_blocks.0.conv_out.", "encoder.down_blocks.2."),
+    ("encoder.down_blocks.1.downsamplers.0.", "encoder.down_blocks.4."),
+    ("encoder.down_blocks.1.conv_out.", "encoder.down_blocks.5."),
+    ("encoder.down_blocks.2.downsamplers.0.", "encoder.down_blocks.7."),
+    ("encoder.down_blocks.0.", "encoder.down_blocks.0."),
+    ("encoder.down_blocks.1.", "encoder.down_blocks.3."),
+    ("encoder.down_blocks.2.", "encoder.down_blocks.6."),
+    ("encoder.down_blocks.3.", "encoder.down_blocks.8."),
+    ("encoder.mid_block.", "encoder.down_blocks.9."),
+    ("decoder.mid_block.", "decoder.up_blocks.0."),
+    ("decoder.up_blocks.1.upsamplers.0.", "decoder.up_blocks.2."),
+    ("decoder.up_blocks.2.conv_in.", "decoder.up_blocks.4."),
+    ("decoder.up_blocks.2.upsamplers.0.", "decoder.up_blocks.5."),
+    ("decoder.up_blocks.3.conv_in.", "decoder.up_blocks.7."),
+    ("decoder.up_blocks.3.upsamplers.0.", "decoder.up_blocks.8."),
+    ("decoder.up_blocks.0.", "decoder.up_blocks.1."),
+    ("decoder.up_blocks.1.", "decoder.up_blocks.3."),
+    ("decoder.up_blocks.2.", "decoder.up_blocks.6."),
+    ("decoder.up_blocks.3.", "decoder.up_blocks.9."),
+)
+_VAE_NAMES = (("conv_shortcut.conv", "conv_shortcut"), ("resnets", "res_blocks"),
+              ("norm3", "norm3.norm"), ("latents_mean", "per_channel_statistics.mean-of-means"),
+              ("latents_std", "per_channel_statistics.std-of-means"))
+
+
+def _original_vae_key(key: str) -> str:
+    for new, old in _VAE_TO_ORIGINAL:
+        if key.startswith(new):
+            key = old + key[len(new):]
+            break
+    for new, old in _VAE_NAMES:
+        key = key.replace(new, old)
+    return "vae." + key
+
+
+def write_single_file(components: Components, path: Path, with_vae: bool = True) -> Path:
+    """Write COMPONENTS as Lightricks publishes a checkpoint: the transformer under
+    `model.diffusion_model.` and the VAE under `vae.`, both in the original module names."""
     tensors = {}
     for key, value in components.transformer.state_dict().items():
         for new, old in _TO_ORIGINAL:
             key = key.replace(new, old)
         tensors["model.diffusion_model." + key] = value.contiguous()
+    if with_vae:
+        for key, value in components.vae.state_dict().items():
+            tensors[_original_vae_key(key)] = value.contiguous()
+        channels = components.vae.latents_mean.shape[0]  # statistics diffusers drops
+        tensors["vae.per_channel_statistics.channel"] = torch.arange(channels)
+        tensors["vae.per_channel_statistics.mean-of-stds"] = torch.ones(channels)
     save_file(tensors, str(path), metadata={"config": json.dumps({"note": "ltxq tiny"})})
     return path
 
@@ -172,7 +217,20 @@ def test_single_file_source_loads_in_the_original_layout(
     ours = loaded.transformer.state_dict()
     for key, value in other.transformer.state_dict().items():
         assert torch.equal(ours[key], value), key
-    # The rest comes from the base folder.
+    # The VAE comes from the file too (converted from the original layout), not the base.
+    theirs = other.vae.state_dict()
+    assert set(loaded.vae.state_dict()) == set(theirs)
+    assert all(torch.equal(v, theirs[k]) for k, v in loaded.vae.state_dict().items())
+    assert not torch.equal(build_tiny_random().vae.encoder.conv_in.conv.weight,
+                           loaded.vae.encoder.conv_in.conv.weight)
+
+
+def test_single_file_without_a_vae_takes_the_bases(tmp_path: Path,
+                                                   single_file: tuple[Path, Path, Components]
+                                                   ) -> None:
+    _, base, other = single_file
+    file = write_single_file(other, tmp_path / "transformer-only.safetensors", with_vae=False)
+    loaded = load_components(str(file), base=str(base))
     base_vae = build_tiny_random().vae.state_dict()
     assert all(torch.equal(v, base_vae[k]) for k, v in loaded.vae.state_dict().items())
 

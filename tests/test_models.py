@@ -79,15 +79,16 @@ def test_load_components_tiny_random_by_name_and_dtype() -> None:
 
 
 def test_missing_folder_is_a_training_error(tmp_path: Path) -> None:
-    with pytest.raises(TrainingError, match="model folder not found: .*nowhere"):
+    with pytest.raises(TrainingError, match=r"model folder not found: .*nowhere"):
         load_components(str(tmp_path / "nowhere"))
 
 
 def test_folder_without_a_model_is_a_training_error(tmp_path: Path) -> None:
-    with pytest.raises(TrainingError, match="no model_index.json"):
+    with pytest.raises(TrainingError, match=r"no model_index.json"):
         load_components(str(tmp_path))
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
-    with pytest.raises(TrainingError, match="not an LTX-Video model.*StableDiffusionPipeline"):
+    index = {"_class_name": "StableDiffusionPipeline"}
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(TrainingError, match=r"not an LTX-Video model.*StableDiffusionPipeline"):
         load_components(str(tmp_path))
 
 
@@ -113,5 +114,5 @@ def test_a_file_instead_of_a_folder_is_a_training_error(tmp_path: Path) -> None:
         load_components(str(tmp_path / "ltx.bin"))
     # A .safetensors file is a single-file checkpoint: a broken one is one line too.
     (tmp_path / "ltx.safetensors").write_bytes(b"x")
-    with pytest.raises(TrainingError, match="not a readable .safetensors file"):
+    with pytest.raises(TrainingError, match=r"not a readable .safetensors file"):
         load_components(str(tmp_path / "ltx.safetensors"))

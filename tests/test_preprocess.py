@@ -80,7 +80,8 @@ def _captions(samples: list[PreparedSample]) -> dict[str, str]:
 # --- caption forms ------------------------------------------------------------------------
 
 
-def test_sidecar_captions_and_sample_shapes(tmp_path: Path, tiny: Components, rec: Recorder) -> None:
+def test_sidecar_captions_and_sample_shapes(tmp_path: Path, tiny: Components,
+                                            rec: Recorder) -> None:
     ds = tmp_path / "ds"
     _video(ds / "a.mp4", frames=10, width=50, height=38)
     _video(ds / "sub" / "b.mp4", frames=14, width=36, height=70, seed=1)
@@ -184,7 +185,7 @@ def test_nothing_usable_is_a_training_error(tmp_path: Path, tiny: Components,
     (ds / "short.txt").write_text("too short")
     (ds / "broken.webm").write_bytes(b"garbage")
     (ds / "broken.txt").write_text("broken")
-    with pytest.raises(TrainingError, match="no usable media in .*ds: 2 found, 2 skipped"):
+    with pytest.raises(TrainingError, match=r"no usable media in .*ds: 2 found, 2 skipped"):
         prepare_dataset(_config(ds), tiny, log=rec)
     assert "skipped short.mp4" in rec.text() and "skipped broken.webm" in rec.text()
     assert not cache.exists() or not any(cache.iterdir())  # nothing cached for a failure

@@ -117,7 +117,8 @@ def _normalise(table: Path, where: str, media: str) -> str:
     pure = PurePosixPath(media.strip().replace("\\", "/"))
     if pure.is_absolute():
         try:
-            pure = PurePosixPath(Path(pure).resolve().relative_to(table.parent.resolve()).as_posix())
+            inside = Path(pure).resolve().relative_to(table.parent.resolve())
+            pure = PurePosixPath(inside.as_posix())
         except ValueError:
             raise TrainingError(f"{table}: {where}: {PATH_KEY} {media!r} is outside the "
                                 "dataset folder") from None

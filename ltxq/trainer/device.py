@@ -63,6 +63,6 @@ def make_accelerator(precision: str, device: torch.device):
             or accelerator.mixed_precision != precision):
         if accelerator is not None and accelerator.num_processes > 1:
             raise TrainingError(f"cannot switch a distributed run to {device} {precision}")
-        AcceleratorState._reset_state(reset_partial_state=True)
+        AcceleratorState._reset_state(reset_partial_state=True)  # noqa: SLF001 - no public reset
         accelerator = Accelerator(mixed_precision=precision, cpu=cpu)
     return accelerator

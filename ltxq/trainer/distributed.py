@@ -95,7 +95,7 @@ class ProcessGroupRanks(Ranks):
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat /= self.count
         offset = 0
-        for p, g in zip(params, grads):
+        for p, g in zip(params, grads, strict=True):
             n = g.numel()
             p.grad = flat[offset:offset + n].view_as(g).to(g.dtype)
             offset += n

@@ -305,7 +305,7 @@ def _conclude(returncode: int, result: dict[str, Any] | None, control: Control, 
 def _failure(returncode: int, statuses: dict[int, dict[str, Any] | None],
              control: Control) -> str:
     """Say which rank failed first and how: a user error, a death, or a crash."""
-    for rank, status in statuses.items():
+    for status in statuses.values():
         if status is not None and status["state"] == "training_error":
             return status["message"]  # the user's to fix, the same on every rank
     report = _torchrun_failures(control.log)
