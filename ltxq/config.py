@@ -178,10 +178,12 @@ class ValidationConfig:
     timesteps: list[int] = _doc(  # noqa: RUF009 - a field() with a default_factory
         "Explicit denoising timesteps (distilled models sample with a fixed list); empty uses "
         "inference_steps.", [], min=1, max=1000)
-    decode_timestep: float = _doc("VAE decode timestep (0.9.1+ VAEs with timestep "
-                                  "conditioning; ignored by others).", 0.0, min=0.0, max=1.0)
-    decode_noise_scale: float | None = _doc("VAE decode noise scale (0.9.1+ VAEs); unset, the "
-                                            "decode timestep.", None, min=0.0, max=1.0)
+    decode_timestep: float | None = _doc(
+        "VAE decode timestep of a timestep-conditioned (0.9.1+) VAE; unset, 0.05 there (as "
+        "Lightricks samples) and 0 for others.", None, min=0.0, max=1.0)
+    decode_noise_scale: float | None = _doc(
+        "VAE decode noise scale of a 0.9.1+ VAE; unset, 0.025 there (with the default "
+        "decode timestep; else the decode timestep) and 0 for others.", None, min=0.0, max=1.0)
 
     @property
     def size(self) -> Resolution:

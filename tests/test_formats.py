@@ -424,3 +424,23 @@ def test_portrait_and_landscape_clips_train_together(tmp_path: Path, tiny: Compo
     with pytest.raises(ConfigError, match=r"data\.resolution.*batch_size = 1"):
         parse_config({"data": {"dataset": "d", "resolution": ["64x32x9", "32x64x9"]},
                       "optimization": {"batch_size": 2}})
+
+
+def test_decode_settings_follow_the_vae_version() -> None:
+    """0.9.1+ VAEs (timestep-conditioned) decode at 0.05 with noise 0.025 unless set."""
+    from types import SimpleNamespace
+
+    from ltxq.trainer.validation import _sampling_kwargs
+
+    def components(conditioned: bool) -> SimpleNamespace:
+        return SimpleNamespace(vae=SimpleNamespace(
+            config=SimpleNamespace(timestep_conditioning=conditioned)))
+
+    plain = make_config().validation
+    assert _sampling_kwargs(plain, components(True)) == {
+        "decode_timestep": 0.05, "decode_noise_scale": 0.025, "num_inference_steps": 2}
+    assert _sampling_kwargs(plain, components(False))["decode_timestep"] == 0.0
+    chosen = make_config(validation={"decode_timestep": 0.1, "timesteps": [1000, 500]})
+    assert _sampling_kwargs(chosen.validation, components(True)) == {
+        "decode_timestep": 0.1, "decode_noise_scale": None, "num_inference_steps": 2,
+        "timesteps": [1000, 500]}

@@ -99,7 +99,7 @@ def render_samples(components: Components, validation: ValidationConfig, output_
                     generator = torch.Generator().manual_seed(validation.seed)
                     frames = pipe(
                         **_prompt_kwargs(components, prompt, index, validation, prompts),
-                        **_sampling_kwargs(validation),
+                        **_sampling_kwargs(validation, components),
                         num_frames=size.frames, height=size.height, width=size.width,
                         guidance_scale=validation.guidance_scale, frame_rate=fps,
                         generator=generator, output_type="np",
@@ -138,10 +138,18 @@ def _prompt_kwargs(components: Components, prompt: str, index: int,
                   "negative_prompt_attention_mask": neg_mask[None].to(device)}
 
 
-def _sampling_kwargs(validation: ValidationConfig) -> dict:
+# What Lightricks' own inference uses for timestep-conditioned (0.9.1+) VAEs.
+DECODE_TIMESTEP, DECODE_NOISE_SCALE = 0.05, 0.025
+
+
+def _sampling_kwargs(validation: ValidationConfig, components: Components) -> dict:
     """The denoising schedule and the VAE decode settings (distilled models, 0.9.1+ VAEs)."""
-    out: dict = {"decode_timestep": validation.decode_timestep,
-                 "decode_noise_scale": validation.decode_noise_scale}
+    conditioned = bool(getattr(components.vae.config, "timestep_conditioning", False))
+    timestep, noise = validation.decode_timestep, validation.decode_noise_scale
+    if timestep is None:
+        timestep = DECODE_TIMESTEP if conditioned else 0.0
+        noise = (DECODE_NOISE_SCALE if conditioned else 0.0) if noise is None else noise
+    out: dict = {"decode_timestep": timestep, "decode_noise_scale": noise}
     if validation.timesteps:
         out["timesteps"] = list(validation.timesteps)
         out["num_inference_steps"] = len(validation.timesteps)
