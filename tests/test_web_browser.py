@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ if MISSING and os.environ.get("LTXQ_REQUIRE_BROWSER") != "1":
 webdriver = pytest.importorskip("selenium.webdriver")
 
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select  # noqa: E402
 
 
@@ -135,6 +137,16 @@ def test_submit_watch_play_cancel_in_a_browser(served, tmp_path):
                  "the progress to move")
         assert driver.execute_script("return window.notReloaded") is True
         shot(driver, "queue", tmp_path)
+
+        # Typing a priority is not wiped by the live refreshes; Enter sets it.
+        field = driver.find_element(By.CSS_SELECTOR, f"#job-{second} input[name=priority]")
+        field.clear()
+        field.send_keys("7")
+        time.sleep(2)  # several refreshes are due meanwhile
+        assert field.get_attribute("value") == "7"
+        field.send_keys(Keys.ENTER)
+        wait_for(lambda: env.job(second)["priority"] == 7, 20, "the priority to be set")
+        wait_for(lambda: "priority 7" in text_of(driver, "#flash"), 10, "the message")
 
         # The job page: the loss chart has points; a validation video plays.
         driver.get(f"{url}/jobs/{first}")

@@ -19,6 +19,21 @@
   }
   connect();
 
+  // A live refresh must not wipe what a person is typing (a priority, a caption): hold it
+  // while a field inside the refreshed part has the focus, and refresh when it leaves.
+  document.body.addEventListener("htmx:beforeRequest", (e) => {
+    const target = e.detail.elt;
+    const active = document.activeElement;
+    const trigger = (target && target.getAttribute("hx-trigger")) || "";
+    if (trigger.startsWith("ltxq:") && active && active !== document.body &&
+        target.contains(active) && /INPUT|TEXTAREA|SELECT/.test(active.tagName)) {
+      e.preventDefault();
+      const name = trigger.split(" ")[0];
+      active.addEventListener("blur", () => document.body.dispatchEvent(new Event(name)),
+                              { once: true });
+    }
+  });
+
   // Show refusals (4xx) in the flash area instead of dropping them.
   document.body.addEventListener("htmx:beforeSwap", (e) => {
     const status = e.detail.xhr.status;
