@@ -260,6 +260,10 @@ def test_token_bearer_and_url_exchanged_for_a_strict_cookie(world):
         assert c.get("/").status_code == 200  # the cookie now
         c.cookies.clear()
         assert c.get("/?token=wrong").status_code == 401
+        c.cookies.clear()
+        r = c.get(f"{BASE}//evil.example/x?token={token}", follow_redirects=False)
+        assert r.headers["location"].startswith("/") and not r.headers["location"].startswith(
+            "//")
 
 
 def test_non_loopback_host_needs_a_token(env):

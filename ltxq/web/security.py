@@ -136,7 +136,8 @@ class Guard:
         if given is not None and _same(given, self.token) and request.method == "GET":
             query = urlencode([(k, v) for k, v in parse_qsl(request.url.query)
                                if k != "token"])
-            response = RedirectResponse(request.url.path + (f"?{query}" if query else ""), 303)
+            path = "/" + request.url.path.lstrip("/")  # never `//host`: that leaves the site
+            response = RedirectResponse(path + (f"?{query}" if query else ""), 303)
             response.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="strict",
                                 path="/")
             return response
