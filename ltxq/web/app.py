@@ -125,16 +125,21 @@ def create_app(settings: Settings) -> Starlette:
             return {"jobs": [], "problems": [], "folded": {}, "state": state, "name": name,
                     "states": STATE_FILTERS, "counts": {}, "no_spool": True, "page": 1,
                     "pages": 1}
+        # A chosen state lists every job; a page shows PAGE_ROWS of them (rendering 10,000
+        # rows takes seconds), the newest first.
+        page_no = request.query_params.get("page", "1")
+        page_no = int(page_no) if page_no.isdigit() and 0 < len(page_no) < 7 else 1
+        if state and not name:  # only the page's files are read
+            jobs, problems, counts, pages = data.state_page(spool, state, page_no, PAGE_ROWS)
+            return {"jobs": jobs, "problems": problems, "folded": {}, "state": state,
+                    "name": name, "states": STATE_FILTERS, "counts": counts,
+                    "no_spool": False, "page": min(page_no, pages), "pages": pages}
         view = data.queue_view(spool, state or None, name)
         jobs = [r for r in view.records if r["id"] is not None]
         problems = [r for r in view.records if r["id"] is None]
         counts: dict[str, int] = dict(view.folded)
         for r in jobs:
             counts[r["state"]] = counts.get(r["state"], 0) + 1
-        # A chosen state lists every job; a page shows PAGE_ROWS of them (rendering 10,000
-        # rows takes seconds), the newest first.
-        page_no = request.query_params.get("page", "1")
-        page_no = int(page_no) if page_no.isdigit() and 0 < len(page_no) < 7 else 1
         pages = max(1, -(-len(jobs) // PAGE_ROWS))
         page_no = min(page_no, pages)
         if len(jobs) > PAGE_ROWS:

@@ -31,6 +31,35 @@ def queue_view(spool: Spool, state: str | None, name: str | None) -> StatusView:
     return StatusReader(spool).view(state, name=name or None, fold=state in (None, ""))
 
 
+def state_page(spool: Spool, state: str, page: int, rows: int,
+               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int], int]:
+    """Return one page of STATE's jobs (newest first), problem files, counts and page count.
+
+    Only the page's job files are read: the folder listings give the ids and the counts, so
+    a page of a 10,000-job spool costs what a page of a small one does.
+    """
+    from ltxq.spool import State
+    from ltxq.status.records import dropped_record, invalid_record
+
+    chosen = list(State) if state == "all" else [State(state)]
+    found = sorted(((job_id, st) for st in chosen for job_id in spool.ids(st)), reverse=True)
+    counts: dict[str, int] = {}
+    for _, st in found:
+        counts[str(st)] = counts.get(str(st), 0) + 1
+    pages = max(1, -(-len(found) // rows))
+    page = min(max(page, 1), pages)
+    reader = StatusReader(spool)
+    records = []
+    for job_id, _ in found[(page - 1) * rows:page * rows]:
+        with contextlib.suppress(LtxqError):  # moved on, cleared, or not a valid job now
+            records.extend(reader.records_of([job_id]))
+    problems = []
+    if state == "all":
+        problems = ([invalid_record(p) for p in spool.invalid()]
+                    + [dropped_record(d) for d in spool.dropped()])
+    return records, problems, counts, pages
+
+
 def all_records(spool: Spool) -> list[dict[str, Any]]:
     """Return every record, as `status --json` prints them."""
     return StatusReader(spool).view(None).records
