@@ -148,6 +148,13 @@ def test_submit_watch_play_cancel_in_a_browser(served, tmp_path):
         wait_for(lambda: env.job(second)["priority"] == 7, 20, "the priority to be set")
         wait_for(lambda: "priority 7" in text_of(driver, "#flash"), 10, "the message")
 
+        # A submit from a shell shows up without a reload (pushed over SSE).
+        env.config("shell.toml", dataset="datasets/demo", steps=3)
+        third = env.submit("shell.toml", "--name", "from a shell")
+        wait_for(lambda: "from a shell" in text_of(driver, f"#job-{third} .name"), 10,
+                 "the shell's job to appear")
+        assert driver.execute_script("return window.notReloaded") is True
+
         # The job page: the loss chart has points; a validation video plays.
         driver.get(f"{url}/jobs/{first}")
         wait_for(lambda: int(driver.find_element(By.ID, "loss-chart")

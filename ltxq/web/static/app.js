@@ -34,6 +34,14 @@
     }
   });
 
+  // Once an action from such a field is sent (Enter in a priority box), let go of the focus
+  // so the held refresh runs.
+  document.body.addEventListener("htmx:afterRequest", (e) => {
+    const elt = e.detail.elt;
+    const active = document.activeElement;
+    if (elt && elt.hasAttribute("hx-post") && active && elt.contains(active)) active.blur();
+  });
+
   // Show refusals (4xx) in the flash area instead of dropping them.
   document.body.addEventListener("htmx:beforeSwap", (e) => {
     const status = e.detail.xhr.status;
