@@ -358,6 +358,9 @@ def test_form_errors_are_the_cli_messages_next_to_the_field(world):
         assert r.status_code == 422 and "pick a dataset from the list" in r.text
         r = c.post("/submit", data={"csrf": token, "dataset": "ds", "output.root": "/tmp/x"})
         assert r.status_code == 422 and 'data-key="output.root"' in r.text
+        r = c.post("/submit", data={"csrf": token, "dataset": "ds",
+                                    "toml": '[job]\non_finish = "touch /tmp/pwned"\n'})
+        assert r.status_code == 422 and "shell commands" in r.text
         r = c.post("/submit", data={"csrf": token, "toml": "not [toml"})
         assert r.status_code == 422 and 'data-key="toml"' in r.text
     assert len(world.status()) == before

@@ -115,8 +115,12 @@ def submit_form(spool: Spool, form: dict[str, str], pasted: str, dataset: Path |
 
 
 def _check_paths(job: Job, datasets_root: Path, base_dir: Path) -> None:
-    """Refuse a dataset outside the datasets folder and an output root outside BASE_DIR:
-    a request names folders, it never chooses where the server reads or writes."""
+    """Refuse a dataset outside the datasets folder, an output root outside BASE_DIR and a
+    shell hook: a request names folders, it never chooses where the server reads or writes,
+    and never a command to run."""
+    if job.meta.on_finish:
+        raise ConfigError("hooks are shell commands: set them with `ltxq submit --on-finish` "
+                          "on the machine, not from a web page", key="job.on_finish")
     dataset = (base_dir / job.config.data.dataset).resolve()
     if not dataset.is_relative_to(datasets_root.resolve()):
         raise ConfigError("pick a dataset from the list (the server only trains on folders "
