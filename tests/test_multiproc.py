@@ -115,6 +115,7 @@ def test_two_ranks_equal_one_process_over_the_same_samples(one_process, two_rank
     assert [(p.name, s) for p, s in two_run.samples] == [("step_000015_0.mp4", 15),
                                                          ("step_000030_0.mp4", 30)]
     assert two.validation_sample == two.lora_path.parent / "samples" / "step_000030_0.mp4"
+    assert two.peak_memory_gib is not None and two.peak_memory_gib > 0  # rank 0's, passed up
     assert f"2 ranks ended at step {STEPS} (completed)" in two_run.logs
     assert not warm._cache
     # Only rank 0 wrote outputs, the same ones as one process; the control folder is gone.

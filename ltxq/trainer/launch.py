@@ -296,10 +296,17 @@ def _conclude(returncode: int, result: dict[str, Any] | None, control: Control, 
                            total_steps=result["total_steps"],
                            lora_path=_path(result.get("lora_path")),
                            checkpoint=_path(result.get("checkpoint")),
-                           validation_sample=_path(result.get("validation_sample")))
+                           validation_sample=_path(result.get("validation_sample")),
+                           peak_memory_gib=_peak(result.get("peak_memory_gib")))
     for line in _tail(control.log, _LOG_TAIL):
         run.log(f"  {line}")
     raise TrainingError(f"{_failure(returncode, statuses, control)}; see {control.log}")
+
+
+def _peak(value: Any) -> float | None:
+    """Return rank 0's reported peak memory (GiB) when it is a sane number."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1e6
+    return float(value) if ok else None
 
 
 def _failure(returncode: int, statuses: dict[int, dict[str, Any] | None],

@@ -77,7 +77,8 @@ class RankRun:
                    total_steps=result.total_steps,
                    **{k: str(v) if v is not None else None for k, v in (
                        ("lora_path", result.lora_path), ("checkpoint", result.checkpoint),
-                       ("validation_sample", result.validation_sample))})
+                       ("validation_sample", result.validation_sample))},
+                   peak_memory_gib=result.peak_memory_gib)
 
     def _emit(self, **event: Any) -> None:
         if self._events is not None:
