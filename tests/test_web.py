@@ -98,6 +98,8 @@ def test_every_page_renders_and_escapes_what_users_wrote(world):
         assert c.get("/jobs/999").status_code == 404
         assert c.get("/jobs/abc").status_code == 404
         assert c.get("/compare?jobs=1,x").status_code == 400
+        ticked = c.get(f"/compare?jobs=&jobs={ids['done']}&jobs={ids['failed']}")
+        assert ticked.status_code == 200 and f"job {ids['failed']}" in ticked.text
         assert c.get("/compare?jobs=999").status_code == 404
         assert c.get("/datasets/nope").status_code == 404
         headers = c.get("/").headers

@@ -181,7 +181,13 @@ def test_submit_watch_play_cancel_in_a_browser(served, tmp_path):
         wait_for(lambda: text_of(driver, f"#job-{first} .badge") == "cancelled", 90,
                  "the row to say cancelled")
 
-        driver.get(f"{url}/compare?jobs={first},{second}")
+        # Tick two rows (live refreshes keep the ticks) and compare them.
+        for job in (first, second):
+            driver.find_element(By.ID, f"cmp-{job}").click()
+            time.sleep(1)
+        driver.find_element(By.ID, "compare-button").click()
+        wait_for(lambda: "/compare?" in driver.current_url, 10, "the compare page")
+        assert f"jobs={first}" in driver.current_url and f"jobs={second}" in driver.current_url
         wait_for(lambda: driver.find_element(By.ID, "compare-chart")
                  .get_attribute("data-points"), 30, "the compare chart")
         assert "optimization.learning_rate" in driver.page_source

@@ -218,7 +218,7 @@ def create_app(settings: Settings) -> Starlette:
 
     async def compare_page(request: Request) -> Response:
         try:
-            ids = data.parse_ids(request.query_params.get("jobs", ""))
+            ids = data.parse_ids(",".join(request.query_params.getlist("jobs")))
             context = await run_in_threadpool(data.compare, spool, ids)
         except LtxqError as e:
             return page(request, "error.html", 404 if isinstance(e, JobNotFound) else 400,
