@@ -368,6 +368,22 @@ def test_form_errors_are_the_cli_messages_next_to_the_field(world):
     assert len(world.status()) == before
 
 
+def test_form_reads_lists_one_item_a_line_typed_by_the_key(world):
+    from ltxq.web.form import read_form, sections
+
+    overrides, sweeps = read_form({"validation.prompts": "a cat\r\n\r\n 8 dogs \n",
+                                   "lora.target_modules": "to_q\nto_v",
+                                   "lora.rank": "16", "optimization.steps": "1500",
+                                   "validation.negative_prompt": "blurry, dark"})
+    assert overrides == {"validation.prompts": ["a cat", "8 dogs"],
+                         "lora.target_modules": ["to_q", "to_v"], "lora.rank": 16,
+                         "validation.negative_prompt": "blurry, dark"}  # steps: the default
+    assert sweeps == []
+    list_ints = [f for _, fs in sections() for f in fs if f.type == "list[int]"]
+    for f in list_ints:
+        assert read_form({f.key: "1\n2"})[0] == {f.key: [1, 2]}
+
+
 def test_form_takes_a_pasted_or_uploaded_toml(world):
     toml = '[model]\nsource = "tiny-random"\n[data]\ndataset = "datasets/ds"\n' \
            '[optimization]\nsteps = 4\n[job]\nname = "pasted"\n'

@@ -122,6 +122,7 @@ def test_submit_watch_play_cancel_in_a_browser(served, tmp_path):
                            "job.name": "browser <b>test</b>"}.items():
             fill(driver, key, value)
         fill(driver, "validation.prompts", "a red square moving")
+        driver.execute_script("window.scrollTo(0, 0)")
         shot(driver, "submit", tmp_path)
         driver.find_element(By.ID, "submit-button").click()
 

@@ -73,7 +73,9 @@ def read_form(form: dict[str, str]) -> tuple[dict[str, Any], list[tuple[str, lis
             if text == f.text.strip():
                 continue
             if f.type.startswith("list"):
-                overrides[f.key] = [line.strip() for line in text.split("\n") if line.strip()]
+                items = [line.strip() for line in text.split("\n") if line.strip()]
+                overrides[f.key] = (items if f.type == "list[str]"
+                                    else [toml_value(item) for item in items])
             elif f.type == "str":
                 overrides[f.key] = text if text or f.default is not None else None
                 if overrides[f.key] is None:
