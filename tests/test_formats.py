@@ -249,9 +249,13 @@ def test_single_file_source_trains_through_the_config(
     assert result.lora_path is not None and result.lora_path.is_file()
 
 
-def test_single_file_errors_are_one_line(tmp_path: Path,
+def test_single_file_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                          single_file: tuple[Path, Path, Components]) -> None:
+    import huggingface_hub.constants
+
     file, _, _ = single_file
+    # As on a machine without network, without the retries that take 20 s here.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ConfigError, match=r"model.source.*model file not found"):
         parse_config({"model": {"source": str(tmp_path / "none.safetensors")},
                       "data": {"dataset": str(tmp_path)}}, require_dataset_exists=True)
