@@ -49,7 +49,7 @@ from ltxq.trainer.lora import (
     remove_lora,
 )
 from ltxq.trainer.memory import PeakMemory, make_optimizer
-from ltxq.trainer.models import Components
+from ltxq.trainer.models import Components, load_options
 from ltxq.trainer.preprocess import PreparedSample, prepare_dataset
 from ltxq.trainer.sampling import DataOrder, Generators, first_frame_mask, sample_sigmas
 from ltxq.trainer.schedule import make_scheduler
@@ -87,14 +87,6 @@ def train(config: TrainingConfig, run: Run, ranks: Ranks | None = None) -> Train
         finally:
             remove_lora(components.transformer)
 
-
-def load_options(config: TrainingConfig) -> dict[str, object]:
-    """Return the `load_components` options CONFIG's [model] asks for (beyond source)."""
-    model = config.model
-    # peft has no LoRA layer over fp8 weights: the targets stay in the compute dtype.
-    keep = tuple(config.lora.target_modules) if model.quantization == "fp8" else ()
-    return {"base": model.base, "quantization": model.quantization, "keep_unquantized": keep,
-            "text_encoder_8bit": model.text_encoder_8bit}
 
 
 @dataclass

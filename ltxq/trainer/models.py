@@ -23,7 +23,7 @@ from diffusers import (
 )
 from transformers import PreTrainedTokenizerBase, T5Config, T5EncoderModel, T5Tokenizer
 
-from ltxq.config import SINGLE_FILE_SUFFIXES, TINY_RANDOM
+from ltxq.config import SINGLE_FILE_SUFFIXES, TINY_RANDOM, TrainingConfig
 from ltxq.errors import TrainingError
 from ltxq.trainer.memory import quantize_text_encoder, quantize_transformer
 
@@ -112,6 +112,15 @@ def _tiny_tokenizer() -> T5Tokenizer:
         add(ch, -5.0)
     assert len(pieces) <= _TINY_VOCAB_SIZE  # ids must fit the tiny text encoder's embedding
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=TINY_MAX_SEQUENCE_LENGTH)
+
+
+def load_options(config: TrainingConfig) -> dict[str, object]:
+    """Return the `load_components` options CONFIG's [model] asks for (beyond source)."""
+    model = config.model
+    # peft has no LoRA layer over fp8 weights: the targets stay in the compute dtype.
+    keep = tuple(config.lora.target_modules) if model.quantization == "fp8" else ()
+    return {"base": model.base, "quantization": model.quantization, "keep_unquantized": keep,
+            "text_encoder_8bit": model.text_encoder_8bit}
 
 
 def load_components(source: str, *, revision: str | None = None,

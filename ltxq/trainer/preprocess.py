@@ -381,14 +381,15 @@ def preprocess_cli(config: TrainingConfig) -> int:
     exit code (1 with a one-line message on stderr when it cannot)."""
     from tqdm import tqdm
 
-    from ltxq.trainer.models import load_components
+    from ltxq.trainer.models import load_components, load_options
 
     start = time.monotonic()
     cuda = torch.cuda.is_available()
     try:
         components = load_components(
             config.model.source, revision=config.model.revision,
-            dtype=torch.bfloat16 if cuda else torch.float32, device="cuda" if cuda else "cpu")
+            dtype=torch.bfloat16 if cuda else torch.float32, device="cuda" if cuda else "cpu",
+            **{**load_options(config), "quantization": "none"})  # the transformer idles here
         with tqdm(total=0, unit="file", desc="preprocess", dynamic_ncols=True) as bar:
             def progress(done: int, total: int) -> None:
                 bar.total = total
