@@ -448,3 +448,20 @@ def test_decode_settings_follow_the_vae_version() -> None:
     assert _sampling_kwargs(chosen.validation, components(True)) == {
         "decode_timestep": 0.1, "decode_noise_scale": None, "num_inference_steps": 2,
         "timesteps": [1000, 500]}
+
+
+def test_preprocessing_cache_follows_the_single_file(tmp_path: Path,
+                                                    single_file: tuple[Path, Path, Components]
+                                                    ) -> None:
+    _, base, other = single_file
+    file = write_single_file(other, tmp_path / "mine.safetensors")
+    ds = tmp_path / "ds"
+    _clip(ds / "a.mp4", 25)
+    (ds / "a.txt").write_text("a red square")
+    config = parse_config({"model": {"source": str(file), "base": str(base)},
+                           "data": {"dataset": str(ds), "resolution": BUCKET}})
+    components = load_components(str(file), base=str(base))
+    assert not prepare(config, components, log=lambda _: None).from_cache
+    assert prepare(config, components, log=lambda _: None).from_cache
+    write_single_file(build_tiny_random(seed=9), file)  # retrained weights, same name
+    assert not prepare(config, components, log=lambda _: None).from_cache

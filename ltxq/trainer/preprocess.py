@@ -127,6 +127,8 @@ def _cache_key(config: TrainingConfig, components: Components, items: list[_Item
     h = hashlib.sha256()
     settings = _manifest_settings(config, components)
     settings["model_files"] = _model_fingerprint(components.source)
+    if config.model.base is not None:  # a single file's VAE and T5 may come from its base
+        settings["base_files"] = _model_fingerprint(config.model.base)
     h.update(json.dumps(settings, sort_keys=True).encode())
     for item in items:
         h.update(json.dumps([item.key, item.size, item.mtime_ns, item.caption]).encode())
@@ -266,7 +268,8 @@ def _manifest_settings(config: TrainingConfig, components: Components) -> dict[s
     return {"cache_version": CACHE_VERSION, "model_source": components.source,
             "model_revision": config.model.revision,
             "resolution": ", ".join(str(b) for b in config.data.buckets),
-            "caption_prefix": config.data.caption_prefix,
+            "caption_prefix": config.data.caption_prefix, "model_base": config.model.base,
+            "text_encoder_8bit": config.model.text_encoder_8bit,
             "max_sequence_length": config.data.caption_max_tokens}
 
 
@@ -275,6 +278,9 @@ def _model_fingerprint(source: str) -> list[list[object]]:
     if source == TINY_RANDOM or not looks_like_local_path(source):
         return []
     folder = Path(source).expanduser()
+    if folder.is_file():  # a single-file checkpoint
+        st = folder.stat()
+        return [[folder.name, st.st_size, st.st_mtime_ns]]
     if not folder.is_dir():
         return []
     rows = []
