@@ -115,9 +115,9 @@ def test_submit_watch_play_cancel_in_a_browser(served, tmp_path):
         driver.get(f"{url}/submit")
         Select(driver.find_element(By.ID, "dataset")).select_by_value("demo")
         for key, value in {"model.source": "tiny-random", "data.resolution": "32x32x9",
-                           "lora.rank": "4", "optimization.steps": "400",
+                           "lora.rank": "4", "optimization.steps": "100000",
                            "optimization.learning_rate": "1e-3,2e-3",
-                           "validation.interval": "4", "validation.inference_steps": "2",
+                           "validation.interval": "10", "validation.inference_steps": "2",
                            "validation.video": "32x32x9", "checkpoints.interval": "0",
                            "job.name": "browser <b>test</b>"}.items():
             fill(driver, key, value)
