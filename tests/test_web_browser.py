@@ -91,7 +91,13 @@ def served(tmp_path: Path):
 def shot(driver, name: str, fallback: Path) -> None:
     folder = Path(os.environ.get("LTXQ_SCREENSHOTS") or fallback)
     folder.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(folder / f"{name}.png"))
+    # The whole page (up to 3,000 px), not only the window: the job page's videos are below.
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1400, min(max(int(height), 1000), 3000))
+    try:
+        driver.save_screenshot(str(folder / f"{name}.png"))
+    finally:
+        driver.set_window_size(1400, 1000)
 
 
 def fill(driver, key: str, value: str) -> None:

@@ -93,7 +93,7 @@
                { label: "smoothed", stroke: "#2b6cb0", width: 2 }] },
       [[], [], []], lossEl);
     const lrPlot = new uPlot({ ...size(lrEl, 140), scales: { x: { time: false } },
-      axes: [{}, { size: 70, values: (u, vals) => vals.map((v) => v.toExponential(1)) }],
+      axes: [{}, { size: 70, values: (u, vals) => vals.map((v) => v.toExponential(2)) }],
       series: [{ label: "step" }, { label: "lr", stroke: "#b7791f", width: 2 }] },
       [[], []], lrEl);
     window.ltxqCharts = { loss: lossPlot, lr: lrPlot, data: data };
