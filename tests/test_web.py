@@ -661,3 +661,13 @@ def test_run_again_of_a_done_job_queues_a_fresh_copy(world):
                    headers={**csrf(c), "HX-Request": "1"})
     assert r.status_code == 200, r.text
     assert world.state(done) == "done"
+
+
+@pytest.mark.parametrize(("raw", "safe"), [
+    ("clip.mp4", "clip.mp4"), ("../../evil.mp4", "evil.mp4"), ("C:\\x\\y.mp4", "y.mp4"),
+    (".hidden.mp4", "hidden.mp4"), ("a<b>.mp4", "a_b_.mp4"), ("café.mp4", "cafe.mp4"),
+    ("..", None), ("", None), ("/", None), ("a\x00b.mp4", "a_b.mp4"), ("x" * 200, None)])
+def test_upload_names_are_sanitised(raw, safe):
+    from ltxq.web.datasets import safe_name
+
+    assert safe_name(raw) == safe

@@ -57,6 +57,9 @@ def _serve(spool: Spool, host: str, port: int, token: str | None, datasets: Path
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"ltxq web: http://{shown}:{port}/ (spool {spool.path}, datasets "
                f"{datasets.absolute()})", err=True)
+    if token:
+        click.echo(f"ltxq web: open http://{shown}:{port}/?token=... once with your token "
+                   "(it becomes a cookie), or send Authorization: Bearer", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
                 timeout_graceful_shutdown=2)
 
