@@ -192,6 +192,7 @@ def submit(spool: Spool, configs: tuple[Path, ...], sets: tuple[str, ...],
         click.echo(submit_kind(spool, "caption" if caption_dataset else "preprocess",
                                kind_dataset, overrides, kind_config, unique=unique))
         return
+    from ltxq.job import check_name
     from ltxq.sweep import expand, grid_name, parse_sweep
 
     points = expand(parse_sweep(item) for item in sweeps)
@@ -205,7 +206,9 @@ def submit(spool: Spool, configs: tuple[Path, ...], sets: tuple[str, ...],
         else:
             prepared = [spool.prepare_doc({}, base_dir=Path.cwd(), overrides=merged,
                                           default_name=dataset.absolute().name)]
-        jobs += [j.with_meta(name=grid_name(j.meta.name, point)) for j in prepared]
+        for j in prepared:
+            jobs.append(j.with_meta(name=grid_name(j.meta.name, point)))
+            check_name(jobs[-1])  # the grid's suffix counts against the name's length
     for job in jobs:
         click.echo(spool.publish(job, unique=unique))
 

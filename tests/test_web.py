@@ -411,6 +411,9 @@ def test_cli_submit_sweep_prints_the_grid_ids(env):
     assert bad.returncode == 2 and "lora.rank" in bad.stderr
     assert len(env.status()) == 6  # nothing of a bad grid is queued
     assert env.run("submit", "job.toml", "--sweep", "lora.rank", check=False).returncode == 2
+    long = env.run("submit", "job.toml", "--name", "n" * 195, "--sweep", "lora.rank=8,16",
+                   check=False)
+    assert long.returncode == 2 and "job.name" in long.stderr
 
 
 # --- datasets --------------------------------------------------------------------------------

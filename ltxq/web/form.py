@@ -11,7 +11,7 @@ from typing import Any
 
 from ltxq.config import describe_fields
 from ltxq.errors import ConfigError
-from ltxq.job import Job
+from ltxq.job import Job, check_name
 from ltxq.spool import Spool
 from ltxq.sweep import expand, grid_name, toml_value
 
@@ -109,6 +109,7 @@ def submit_form(spool: Spool, form: dict[str, str], pasted: str, dataset: Path |
                                     default_name=dataset.name if dataset else "")
             _check_paths(job, datasets_root, base_dir)
             jobs.append(job.with_meta(name=grid_name(job.meta.name, point)))
+            check_name(jobs[-1])  # the grid's suffix counts against the name's length
     except ConfigError as e:
         out.errors[e.key or ""] = e.message if e.key else str(e)
         return out
