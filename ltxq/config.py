@@ -97,8 +97,8 @@ class DataConfig:
     resolution: str | list[str] = _doc(  # noqa: RUF009 - a field() with a default
         "Bucket WIDTHxHEIGHTxFRAMES (sides multiples of 32, frames 8k+1), or a list of buckets: "
         "each clip goes to the one nearest its aspect ratio that its length fills (most frames "
-        "first), e.g. [\"768x512x49\", \"512x768x49\"]; several buckets train with "
-        "optimization.batch_size = 1 on one process.", "768x448x89")
+        "first), e.g. [\"768x512x49\", \"512x768x49\"]; each batch comes from one bucket.",
+        "768x448x89")
     frame_rate: float = _doc("Frame rate of clips whose file does not say (images, some GIFs); "
                              "each video's own rate sets its RoPE time scale.", 25.0, min=1.0)
     caption_prefix: str = _doc("Text put before every caption (a trigger word).", "")
@@ -618,10 +618,6 @@ def _check_cross_fields(config: TrainingConfig, require_dataset_exists: bool) ->
             raise ConfigError("must name at least one bucket", key="data.resolution")
         if len(set(resolutions)) < len(resolutions):
             raise ConfigError("names a bucket twice", key="data.resolution")
-        if len(resolutions) > 1 and (config.optimization.batch_size > 1
-                                     or config.resources.processes > 1):
-            raise ConfigError("several buckets train with optimization.batch_size = 1 on one "
-                              "process (use gradient_accumulation_steps)", key="data.resolution")
     steps = config.optimization.steps
     for section, name in _STEP_INTERVALS:
         key, interval = f"{section}.{name}", getattr(getattr(config, section), name)

@@ -425,9 +425,47 @@ def test_portrait_and_landscape_clips_train_together(tmp_path: Path, tiny: Compo
     result = fit_clean(config, run, tiny, samples)
     assert result.step == 4 and result.lora_path is not None
     assert all(np.isfinite(c[2]) for c in run.progress_calls)
-    with pytest.raises(ConfigError, match=r"data\.resolution.*batch_size = 1"):
-        parse_config({"data": {"dataset": "d", "resolution": ["64x32x9", "32x64x9"]},
-                      "optimization": {"batch_size": 2}})
+
+
+def _two_bucket_samples() -> list:
+    """Three landscape and two portrait samples of random latents (64x32x9, 32x64x9)."""
+    samples = random_samples(5, seed=3)
+    for i, s in enumerate(samples):
+        shape = (8, 3, 8, 16) if i < 3 else (8, 3, 16, 8)
+        s.latents = torch.randn(shape, generator=torch.Generator().manual_seed(i))
+    return samples
+
+
+def test_batches_come_from_one_bucket_and_resume_exactly(tmp_path: Path) -> None:
+    """Batch 2 over two buckets: every batch is one bucket's, and a stopped and resumed run
+    ends with the weights of an uninterrupted one."""
+    from safetensors.torch import load_file
+
+    from ltxq.trainer.sampling import BucketOrder
+
+    order = BucketOrder([[0, 1, 2], [3, 4]], 2, seed=7)
+    drawn = [order.take(2) for _ in range(6)]
+    assert all(set(b) <= {0, 1, 2} or set(b) <= {3, 4} for b in drawn)
+    assert {tuple(sorted(b)) for b in drawn} & {(3, 4)}  # the portrait pair comes up
+    again = BucketOrder([[0, 1, 2], [3, 4]], 2, seed=7, position=6)
+    assert again.take(2) == drawn[3]  # the position is the whole state
+    config = make_config(data={"resolution": ["64x32x9", "32x64x9"]},
+                         optimization={"steps": 6, "batch_size": 2,
+                                       "gradient_accumulation_steps": 1, "warmup_steps": 0},
+                         checkpoints={"interval": 2})
+    whole = fit_clean(config, RecordingRun(tmp_path / "whole"), build_tiny_random(),
+                      _two_bucket_samples())
+    fit_clean(config, RecordingRun(tmp_path / "cut", stop_at=3), build_tiny_random(),
+              _two_bucket_samples())
+    resumed = fit_clean(config, RecordingRun(tmp_path / "cut"), build_tiny_random(),
+                        _two_bucket_samples())
+    a, b = load_file(whole.lora_path), load_file(resumed.lora_path)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) == 0.0
+    with pytest.raises(TrainingError, match="no resolution bucket has a whole batch of 4"):
+        fit_clean(make_config(data={"resolution": ["64x32x9", "32x64x9"]},
+                              optimization={"steps": 1, "batch_size": 4, "warmup_steps": 0},
+                              checkpoints={"interval": 0}),
+                  RecordingRun(tmp_path / "big"), build_tiny_random(), _two_bucket_samples())
 
 
 def test_decode_settings_follow_the_vae_version() -> None:

@@ -51,7 +51,13 @@ from ltxq.trainer.lora import (
 from ltxq.trainer.memory import PeakMemory, make_optimizer
 from ltxq.trainer.models import Components, load_options
 from ltxq.trainer.preprocess import PreparedSample, prepare_dataset
-from ltxq.trainer.sampling import DataOrder, Generators, first_frame_mask, sample_sigmas
+from ltxq.trainer.sampling import (
+    BucketOrder,
+    DataOrder,
+    Generators,
+    first_frame_mask,
+    sample_sigmas,
+)
 from ltxq.trainer.schedule import make_scheduler
 from ltxq.trainer.validation import (
     SAMPLES_DIR,
@@ -141,7 +147,7 @@ class Dataset:
     """The prepared samples stacked into tensors on the CPU (moved per batch).
 
     With several resolution buckets the latents differ in shape: `latents` is then None,
-    each sample's tensor is kept on its own, and a batch holds one sample (a config rule).
+    each sample's tensor is kept on its own, and `BucketOrder` draws each batch from one.
     """
 
     def __init__(self, samples: list[PreparedSample], default_rate: float = 25.0) -> None:
@@ -175,9 +181,8 @@ class Dataset:
             latents = self.latents[idx]
         elif len({tuple(self.each[i].shape) for i in indices}) == 1:
             latents = torch.stack([self.each[i] for i in indices])
-        else:
-            raise TrainingError("a batch across resolution buckets: several buckets train "
-                                "with optimization.batch_size = 1 on one process")
+        else:  # BucketOrder never draws one; a bug if it does
+            raise TrainingError("a batch across resolution buckets")
         return Batch(*(t.to(device, non_blocking=True)
                        for t in (latents, self.embeds[idx], self.mask[idx])),
                      frame_rates=self.frame_rates[idx])  # stays on the CPU (RoPE scale)
@@ -226,7 +231,7 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     generators: Generators
-    order: DataOrder
+    order: DataOrder | BucketOrder
     ranks: Ranks
     prompts: EncodedPrompts | None = None  # validation prompts, encoded once (rank 0)
     step: int = 0
@@ -638,8 +643,23 @@ def _set_up(config: TrainingConfig, run: Run, components: Components,
         geometry=Geometry.of(components, torch.empty((1, *data.shapes[0]), device="meta"),
                              config.data.frame_rate), device=device,
         accelerator=accelerator, params=params, optimizer=optimizer, scheduler=scheduler,
-        generators=Generators.seeded(opt.seed), order=DataOrder(len(data), opt.seed),
+        generators=Generators.seeded(opt.seed), order=_data_order(data, opt.batch_size
+                                                                  * ranks.count, opt.seed),
         ranks=ranks, metrics=MetricsWriter(Path(run.output_dir)) if ranks.is_main else None)
+
+
+def _data_order(data: Dataset, batch: int, seed: int) -> DataOrder | BucketOrder:
+    """One bucket: any samples batch together. Several: each batch is drawn from one."""
+    if len(data.shapes) == 1:
+        return DataOrder(len(data), seed)
+    groups = [[i for i, t in enumerate(data.each) if tuple(t.shape) == shape]
+              for shape in data.shapes]
+    try:
+        return BucketOrder(groups, batch, seed)
+    except ValueError:
+        sizes = ", ".join(str(len(g)) for g in groups)
+        raise TrainingError(f"no resolution bucket has a whole batch of {batch} samples "
+                            f"(buckets of {sizes}): lower optimization.batch_size") from None
 
 
 _SAMPLE_NAME = re.compile(r"step_(\d+)_(\d+)\.mp4")

@@ -85,6 +85,43 @@ class DataOrder:
         return out
 
 
+class BucketOrder:
+    """A seeded endless stream of batches, each from one resolution bucket (GROUPS of sample
+    indices): every epoch shuffles each bucket, cuts it into whole batches of BATCH (a
+    remainder waits for a later epoch's shuffle), and shuffles the batches of all buckets.
+
+    Like `DataOrder`, the position (samples taken) is the whole state of the stream.
+    """
+
+    def __init__(self, groups: list[list[int]], batch: int, seed: int,
+                 position: int = 0) -> None:
+        self.groups, self.batch, self.seed, self.position = groups, batch, seed, position
+        self.per_epoch = sum(len(g) // batch for g in groups)
+        if self.per_epoch == 0:
+            raise ValueError(f"no bucket holds a whole batch of {batch} samples")
+        self._epoch = -1
+        self._batches: list[list[int]] = []
+
+    def take(self, count: int) -> list[int]:
+        """Return the next batch's indices (COUNT must be the batch size)."""
+        if count != self.batch:
+            raise ValueError(f"batches of {self.batch} samples, not {count}")
+        epoch, offset = divmod(self.position // self.batch, self.per_epoch)
+        if epoch != self._epoch:
+            base = self.seed * 1_000_003 + epoch
+            batches = []
+            for i, group in enumerate(self.groups):
+                g = torch.Generator().manual_seed(base * 31 + i + 1)
+                shuffled = [group[j] for j in torch.randperm(len(group), generator=g).tolist()]
+                batches += [shuffled[k:k + self.batch]
+                            for k in range(0, len(group) - self.batch + 1, self.batch)]
+            order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(base))
+            self._batches = [batches[j] for j in order.tolist()]
+            self._epoch = epoch
+        self.position += count
+        return list(self._batches[offset])
+
+
 def first_frame_mask(coins: torch.Tensor, tokens: int, tokens_per_frame: int) -> torch.Tensor:
     """Return a [B, TOKENS] bool mask that is True on the first frame's tokens where COINS."""
     mask = torch.zeros(coins.shape[0], tokens, dtype=torch.bool)
