@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from ltxq import commands_jobs, commands_run, commands_submit, commands_views
+from ltxq.commands import jobs, run, status, submit
 from ltxq.errors import LtxqError
 from ltxq.spool import Spool
 
@@ -67,12 +67,9 @@ def main() -> None:
 
 # The commands live in one module per concern; the web and caption stacks load only when their
 # commands run.
-for _command in (commands_submit.submit, commands_views.status, commands_jobs.cancel,
-                 commands_jobs.resume, commands_jobs.logs, commands_jobs.clear,
-                 commands_jobs.priority, commands_jobs.edit, commands_jobs.wait,
-                 commands_jobs.pause, commands_jobs.unpause, commands_run.daemon,
-                 commands_run.workers, commands_run.train, commands_run.preprocess,
-                 commands_run.demo_data):
+for _command in (submit.submit, status.status, jobs.cancel, jobs.resume, jobs.logs, jobs.clear,
+                 jobs.priority, jobs.edit, jobs.wait, jobs.pause, jobs.unpause, run.daemon,
+                 run.workers, run.train, run.preprocess, run.demo_data):
     cli.add_command(_command)
 
 from ltxq.caption.cli import caption as _caption  # noqa: E402 - after the group it joins

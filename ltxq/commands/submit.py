@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ltxq.commands_common import parse_ids, pass_spool, toml_value
+from ltxq.commands.common import parse_ids, pass_spool, toml_value
 from ltxq.spool import Spool
 
 

@@ -13,7 +13,7 @@ from datetime import timedelta
 import click
 
 from ltxq.cli_params import DAY, Duration, Seconds
-from ltxq.commands_common import pass_spool
+from ltxq.commands.common import pass_spool
 from ltxq.errors import ConfigError, LtxqError, WrongState
 from ltxq.spool import FINISHED, Spool, State, stem
 

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ltxq.cli_params import DAY, Seconds
-from ltxq.commands_common import STATE_CHOICES, pass_spool
+from ltxq.commands.common import STATE_CHOICES, pass_spool
 from ltxq.spool import Spool
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from ltxq.cli_params import DAY, Seconds
-from ltxq.commands_common import pass_spool
+from ltxq.commands.common import pass_spool
 from ltxq.errors import ConfigError
 from ltxq.spool import Spool
 
