@@ -89,7 +89,7 @@ def test_a_capped_interval_is_not_written_into_the_job() -> None:
 
 
 def test_missing_dataset_folder_refused_when_required(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="data.dataset: dataset folder not found"):
+    with pytest.raises(ConfigError, match=r"data\.dataset: dataset folder not found"):
         parse_config(MINIMAL, base_dir=tmp_path, require_dataset_exists=True)
     (tmp_path / "clips").mkdir()
     parse_config(MINIMAL, base_dir=tmp_path, require_dataset_exists=True)
@@ -98,7 +98,7 @@ def test_missing_dataset_folder_refused_when_required(tmp_path: Path) -> None:
 def test_missing_local_model_folder_refused_when_required(tmp_path: Path) -> None:
     (tmp_path / "clips").mkdir()
     raw = {**MINIMAL, "model": {"source": "./models/ltx"}}
-    with pytest.raises(ConfigError, match="model.source: model folder not found: .*models/ltx"):
+    with pytest.raises(ConfigError, match=r"model\.source: model folder not found: .*models/ltx"):
         parse_config(raw, base_dir=tmp_path, require_dataset_exists=True)
     (tmp_path / "models" / "ltx").mkdir(parents=True)
     assert parse_config(raw, base_dir=tmp_path, require_dataset_exists=True).model.source == \
