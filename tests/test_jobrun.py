@@ -47,20 +47,21 @@ def test_daemon_job_log_has_one_line_per_checkpoint_and_sample_and_a_quiet_stder
         "data": {"dataset": "demo", "resolution": "32x32x9"},
         "lora": {"rank": 4},
         "optimization": {"steps": 4},
-        # The default negative prompt is longer than the tiny model's 32 tokens, so the
-        # sampler warns through diffusers' logger at every validation.
         "validation": {"prompts": ["a red square"], "interval": 2, "inference_steps": 2,
                        "video": "32x32x9"},
         "checkpoints": {"interval": 2, "keep_last": 2}}))
     env = {k: v for k, v in os.environ.items() if k != "LTXQ_TRAINER"}
-    env.update(LTXQ_SPOOL=str(tmp_path / "spool"), LTXQ_CACHE=str(tmp_path / "cache"))
+    env.update(LTXQ_SPOOL=str(tmp_path / "spool"), LTXQ_CACHE=str(tmp_path / "cache"),
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
 
     def ltxq(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "ltxq", *args], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=300, check=False)
 
     job_id = ltxq("submit", "job.toml").stdout.strip()
-    daemon = ltxq("daemon", "--once", "--device", "cpu")
+    # The real trainer, which also warns through diffusers' logger and `warnings` mid-run.
+    daemon = ltxq("daemon", "--once", "--device", "cpu", "--trainer",
+                  "tests.warning_trainer:train")
     assert daemon.returncode == 0, daemon.stderr
     assert daemon.stderr == ""
     log = ltxq("logs", job_id).stdout
@@ -70,4 +71,5 @@ def test_daemon_job_log_has_one_line_per_checkpoint_and_sample_and_a_quiet_stder
         sample = f"samples/step_{step:06d}_0.mp4"
         assert len(re.findall(re.escape(checkpoint), log)) == 1, log
         assert len(re.findall(re.escape(sample), log)) == 1, log
-    assert "diffusers warning: The following part of your input was truncated" in log
+    assert "diffusers warning: a diffusers warning from inside the job" in log
+    assert "a Python warning from inside the job" in log

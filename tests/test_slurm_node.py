@@ -223,7 +223,8 @@ def test_result_line_round_trip() -> None:
     text = "some stderr noise\n" + line + "\n"
     assert node.parse_result_line(text) == {
         "exit": 3, "error": None, "outcome": "stopped", "step": 5, "total_steps": 20,
-        "checkpoint": "/o/checkpoints/step_00005", "lora_path": None, "validation_sample": None}
+        "checkpoint": "/o/checkpoints/step_00005", "lora_path": None, "validation_sample": None,
+        "peak_memory_gib": None}
     assert node.parse_result_line("nothing here") is None
 
 
