@@ -175,9 +175,9 @@ class ValidationConfig:
     images: list[str] = _doc(  # noqa: RUF009 - a field() with a default_factory
         "One image per prompt, its first frame: image-to-video samples (the condition "
         "pipeline); empty renders text-to-video. Relative to the config file.", [])
-    timesteps: list[int] = _doc(  # noqa: RUF009 - a field() with a default_factory
-        "Explicit denoising timesteps (distilled models sample with a fixed list); empty uses "
-        "inference_steps.", [], min=1, max=1000)
+    timesteps: list[float] = _doc(  # noqa: RUF009 - a field() with a default_factory
+        "Explicit denoising timesteps, e.g. the distilled models' [1000, 993, 987, 981, 975, "
+        "909, 725, 0.03]; empty uses inference_steps.", [], min=0.0, max=1000.0)
     decode_timestep: float | None = _doc(
         "VAE decode timestep of a timestep-conditioned (0.9.1+) VAE; unset, 0.05 there (as "
         "Lightricks samples) and 0 for others.", None, min=0.0, max=1.0)
