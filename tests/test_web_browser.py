@@ -28,6 +28,7 @@ if MISSING and os.environ.get("LTXQ_REQUIRE_BROWSER") != "1":
                 "(scripts/setup does, as root)", allow_module_level=True)
 webdriver = pytest.importorskip("selenium.webdriver")
 
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select  # noqa: E402
@@ -106,6 +107,19 @@ def fill(driver, key: str, value: str) -> None:
     field.send_keys(value)
 
 
+def click(driver, element_id: str, timeout: float = 10.0) -> None:
+    """Click #ELEMENT_ID, finding it again if a live refresh swapped it between find and click."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            driver.find_element(By.ID, element_id).click()
+            return
+        except StaleElementReferenceException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def text_of(driver, css: str) -> str:
     # One script call: htmx may swap the element between a find and a read.
     return driver.execute_script(
@@ -130,7 +144,7 @@ def test_submit_watch_play_cancel_in_a_browser(served, tmp_path):
         fill(driver, "validation.prompts", "a red square moving")
         driver.execute_script("window.scrollTo(0, 0)")
         shot(driver, "submit", tmp_path)
-        driver.find_element(By.ID, "submit-button").click()
+        click(driver, "submit-button")
 
         # The job appears in the queue; its progress moves without a reload.
         wait_for(lambda: driver.current_url.startswith(f"{url}/?submitted="), 20, "redirect")
@@ -182,7 +196,7 @@ def test_submit_watch_play_cancel_in_a_browser(served, tmp_path):
         shot(driver, "job", tmp_path)
 
         # Cancel from the page; the queue row says cancelled.
-        driver.find_element(By.ID, "cancel-job").click()
+        click(driver, "cancel-job")
         wait_for(lambda: "stopping" in text_of(driver, "#flash"), 10, "the cancel message")
         driver.get(url)
         wait_for(lambda: text_of(driver, f"#job-{first} .badge") == "cancelled", 90,
@@ -190,9 +204,9 @@ def test_submit_watch_play_cancel_in_a_browser(served, tmp_path):
 
         # Tick two rows (live refreshes keep the ticks) and compare them.
         for job in (first, second):
-            driver.find_element(By.ID, f"cmp-{job}").click()
+            click(driver, f"cmp-{job}")
             time.sleep(1)
-        driver.find_element(By.ID, "compare-button").click()
+        click(driver, "compare-button")
         wait_for(lambda: "/compare?" in driver.current_url, 10, "the compare page")
         assert f"jobs={first}" in driver.current_url and f"jobs={second}" in driver.current_url
         wait_for(lambda: driver.find_element(By.ID, "compare-chart")
