@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Self
-
-import filelock
 
 _UMASK: int | None = None
 
@@ -158,43 +158,64 @@ def free_name(path: Path) -> Path:
 
 
 class Lock:
-    """An flock(2) lock on a separate .lock file: held means alive; the kernel frees it on death."""
+    """An flock(2) lock on a separate .lock file: held means alive; the kernel frees it when the
+    holder dies, even by kill -9. The file is never deleted (a deleted lock file would let a
+    second process lock a new file of the same name: see `replaced`). Two Lock objects on one
+    path exclude each other even in one process (flock belongs to the open file)."""
 
     def __init__(self, path: Path):
-        # preserve_lock_file: never fall back to a soft lock that a dead holder would keep forever.
-        self._lock = filelock.FileLock(path, preserve_lock_file=True, thread_local=False)
         self.path = path
+        self._fd: int | None = None
 
     def try_acquire(self) -> bool:
         """Take the lock if it is free; return False at once if someone holds it."""
+        if self._fd is not None:
+            return True
+        fd = self._open()
         try:
-            self._lock.acquire(timeout=0)
-        except filelock.Timeout:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
             return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
         return True
 
+    def _open(self) -> int:
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        mode = 0o666 & ~umask()  # a shared spool: other users' daemons must open it too
+        try:
+            return os.open(self.path, flags, mode)
+        except FileNotFoundError:  # locks/ deleted by hand: made again
+            os.makedirs(self.path.parent, exist_ok=True)
+            return os.open(self.path, flags, mode)
+
     def acquire(self, timeout: float = 60.0) -> None:
-        """Take the lock, waiting up to TIMEOUT seconds (then filelock.Timeout)."""
-        self._lock.acquire(timeout=timeout)
+        """Take the lock, waiting up to TIMEOUT seconds (then TimeoutError)."""
+        deadline = time.monotonic() + timeout
+        while not self.try_acquire():
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{self.path} is locked by another process")
+            time.sleep(0.05)
 
     def release(self) -> None:
         """Release the lock (a no-op if not held)."""
-        if self._lock.is_locked:
-            self._lock.release(force=True)
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # closing the file releases its flock
 
     @property
     def held(self) -> bool:
-        return self._lock.is_locked
+        return self._fd is not None
 
     def replaced(self) -> bool:
         """Return True if this held lock's file is no longer the file at its path (someone
         deleted or replaced it: another process could take a fresh lock there)."""
-        # filelock keeps the descriptor of the flock'd file here while the lock is held.
-        context = getattr(self._lock, "_context", None)
-        fd = getattr(context, "lock_file_fd", None)
-        if fd is None:
+        if self._fd is None:
             return False
-        held = os.fstat(fd)
+        held = os.fstat(self._fd)
         try:
             now = os.stat(self.path)
         except FileNotFoundError:

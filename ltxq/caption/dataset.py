@@ -99,12 +99,10 @@ class CaptionStore:
         lock = Lock(self._dir("locks") / name)
         got = lock.try_acquire()
         if not got and wait > 0:
-            import filelock
-
             try:
                 lock.acquire(timeout=wait)
                 got = True
-            except filelock.Timeout:
+            except TimeoutError:
                 got = False
         try:
             yield got
