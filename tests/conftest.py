@@ -136,6 +136,28 @@ class Env:
             p.wait(timeout=10)
 
 
+@pytest.fixture(scope="module")
+def tiny() -> Any:
+    """The tiny-random LTX-Video components, built once per test module (torch loads here)."""
+    from ltxq.trainer.models import build_tiny_random
+
+    return build_tiny_random()
+
+
+def render_latents(components: Any) -> Any:
+    """Render 9 frames at 32x32 in 2 steps with a fixed seed; return the latents (numpy)."""
+    import torch
+
+    from ltxq.trainer.models import make_pipeline
+
+    pipe = make_pipeline(components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(prompt="a red square moving right", negative_prompt="", num_frames=9,
+                height=32, width=32, num_inference_steps=2, guidance_scale=3.0,
+                max_sequence_length=32, generator=torch.Generator().manual_seed(0),
+                output_type="latent").frames.float().numpy()
+
+
 @pytest.fixture
 def env(tmp_path: Path):
     e = Env(tmp_path)

@@ -9,6 +9,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+from conftest import render_latents
 from safetensors.torch import load_file
 from test_trainer_support import BASE, RecordingRun, make_config, random_samples
 
@@ -17,16 +18,7 @@ from ltxq.run import Outcome, TrainResult
 from ltxq.trainer.export import COMFY_FILE, LORA_FILE, lora_alpha_in
 from ltxq.trainer.loop import fit
 from ltxq.trainer.lora import remove_lora
-from ltxq.trainer.models import Components, build_tiny_random, make_pipeline
-
-
-def _render(components: Components) -> np.ndarray:
-    pipe = make_pipeline(components)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe(prompt="a red square moving right", negative_prompt="", num_frames=9,
-                height=32, width=32, num_inference_steps=2, guidance_scale=3.0,
-                max_sequence_length=32, generator=torch.Generator().manual_seed(0),
-                output_type="latent").frames.float().numpy()
+from ltxq.trainer.models import build_tiny_random, make_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +34,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainResult, np.n
     run = RecordingRun(out)
     try:
         result = fit(config, run, components, random_samples())
-        with_lora = _render(components)
+        with_lora = render_latents(components)
     finally:
         remove_lora(components.transformer)
     return result, with_lora, out
@@ -53,15 +45,15 @@ def test_lora_loads_into_a_fresh_pipeline(trained: tuple[TrainResult, np.ndarray
     assert result.outcome is Outcome.COMPLETED
     assert lora_alpha_in(result.lora_path) == 16.0
     fresh = build_tiny_random()
-    base = _render(fresh)
+    base = render_latents(fresh)
     pipe = make_pipeline(fresh)
     pipe.load_lora_weights(str(out), weight_name=LORA_FILE, adapter_name="mine")
-    loaded = _render(fresh)
+    loaded = render_latents(fresh)
     # The LoRA changes the output, and by exactly as much as in training (alpha kept).
     assert np.abs(loaded - base).max() > 1e-3
     np.testing.assert_allclose(loaded, with_lora, atol=1e-5)
     pipe.set_adapters(["mine"], adapter_weights=[0.0])
-    np.testing.assert_allclose(_render(fresh), base, atol=1e-6)
+    np.testing.assert_allclose(render_latents(fresh), base, atol=1e-6)
 
 
 def test_comfy_copy_renames_the_prefix(trained: tuple[TrainResult, np.ndarray, Path]) -> None:

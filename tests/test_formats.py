@@ -23,11 +23,6 @@ from ltxq.trainer.preprocess import prepare, prepare_dataset
 BUCKET = "32x32x9"
 
 
-@pytest.fixture(scope="module")
-def tiny() -> Components:
-    return build_tiny_random()
-
-
 @pytest.fixture(autouse=True)
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("LTXQ_CACHE", str(tmp_path / "cache"))

@@ -9,26 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import render_latents
 from safetensors import safe_open
 from safetensors.torch import load_file
 from test_trainer_support import RecordingRun, fit_clean, make_config, random_samples
 
 from ltxq.trainer.export import COMFY_FILE, LORA_FILE, comfy_key
 from ltxq.trainer.lora import remove_lora
-from ltxq.trainer.models import Components, build_tiny_random, make_pipeline
+from ltxq.trainer.models import build_tiny_random, make_pipeline
 
 # Attention plus the non-attention modules ComfyUI names differently from diffusers.
 TARGETS = ["to_k", "to_q", "to_v", "to_out.0", "proj_in", "time_embed.linear", "ff.net.0.proj"]
 RANK, ALPHA = 4, 16.0
-
-
-def _render(components: Components) -> np.ndarray:
-    pipe = make_pipeline(components)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe(prompt="a red square moving right", negative_prompt="", num_frames=9,
-                height=32, width=32, num_inference_steps=2, guidance_scale=3.0,
-                max_sequence_length=32, generator=torch.Generator().manual_seed(0),
-                output_type="latent").frames.float().numpy()
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +44,9 @@ def test_saved_metadata_has_no_training_dropout(out: Path) -> None:
 
 def test_dropout_trained_lora_gives_equal_outputs_twice(out: Path) -> None:
     fresh = build_tiny_random()
-    base = _render(fresh)
+    base = render_latents(fresh)
     make_pipeline(fresh).load_lora_weights(str(out), weight_name=LORA_FILE, adapter_name="mine")
-    first, second = _render(fresh), _render(fresh)
+    first, second = render_latents(fresh), render_latents(fresh)
     assert np.abs(first - base).max() > 1e-3  # the LoRA does something
     assert np.abs(first - second).max() == 0.0  # and the same thing each time (no dropout)
 
@@ -118,9 +110,9 @@ def test_comfy_loader_takes_every_key_at_the_trained_strength(out: Path) -> None
         back = {k.replace(old, new): v for k, v in back.items()}
     comfy_model = build_tiny_random()
     comfy_model.transformer.load_state_dict(back)
-    via_comfy = _render(comfy_model)
+    via_comfy = render_latents(comfy_model)
     make_pipeline(fresh).load_lora_weights(str(out), weight_name=LORA_FILE)
-    via_diffusers = _render(fresh)
-    assert np.abs(via_comfy - _render(build_tiny_random())).max() > 1e-3
+    via_diffusers = render_latents(fresh)
+    assert np.abs(via_comfy - render_latents(build_tiny_random())).max() > 1e-3
     np.testing.assert_allclose(via_comfy, via_diffusers, atol=1e-5)
     remove_lora(fresh.transformer)

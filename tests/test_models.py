@@ -22,11 +22,6 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-@pytest.fixture(scope="module")
-def tiny() -> Components:
-    return build_tiny_random()
-
-
 def test_tiny_random_is_deterministic_and_leaves_global_rng_alone(tiny: Components) -> None:
     torch.manual_seed(123)
     expected = torch.rand(3)

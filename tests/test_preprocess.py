@@ -17,15 +17,10 @@ from ltxq.config import TrainingConfig, parse_config
 from ltxq.errors import TrainingError
 from ltxq.trainer import preprocess
 from ltxq.trainer.demo_data import write_demo_dataset, write_mp4
-from ltxq.trainer.models import Components, build_tiny_random
+from ltxq.trainer.models import Components
 from ltxq.trainer.preprocess import PreparedSample, prepare, prepare_dataset, preprocess_cli
 
 BUCKET = "32x32x9"
-
-
-@pytest.fixture(scope="module")
-def tiny() -> Components:
-    return build_tiny_random()
 
 
 @pytest.fixture(autouse=True)

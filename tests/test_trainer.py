@@ -23,11 +23,6 @@ from ltxq.trainer.sampling import DataOrder, sample_sigmas, shift_for_sequence_l
 from ltxq.trainer.schedule import lr_factor
 
 
-@pytest.fixture(scope="module")
-def tiny() -> Components:
-    return build_tiny_random()
-
-
 def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max((a[k] - b[k]).abs().max().item() for k in a)
