@@ -51,6 +51,19 @@ def new_spool(root: Path, settle_seconds: float = 0) -> Any:
     return spool
 
 
+def node_pid(spool: Path, job_id: int) -> int | None:
+    """Return the pid of the Slurm node process running job JOB_ID on this machine, if any."""
+    needle = f"ltxq.executors.slurm.node --spool {spool} --job {job_id}"
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if needle in cmd:
+            return int(pid)
+    return None
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
     """Poll PREDICATE until it returns something truthy (a deadline, not a timed assertion)."""
     deadline = time.monotonic() + timeout

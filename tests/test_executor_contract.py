@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import Env, wait_for
+from conftest import Env, node_pid, wait_for
 
 HOOK = 'echo "$LTXQ_JOB_ID $LTXQ_JOB_STATE" >> "$LTXQ_SPOOL/../hooks.txt"'
 SLURM = ("--executor", "slurm", "--poll", "0.2", "--warn-before", "30")
@@ -45,23 +45,11 @@ class Harness:
     def kill(self, job_id: int, daemon) -> None:
         """Kill the process that trains, leaving no result: the daemon, or the Slurm node."""
         if self.executor == "slurm":
-            os.kill(wait_for(lambda: _node_pid(self.env.spool, job_id), 60, "the node"),
+            os.kill(wait_for(lambda: node_pid(self.env.spool, job_id), 60, "the node"),
                     signal.SIGKILL)
         else:
             daemon.send_signal(signal.SIGKILL)
             daemon.wait(timeout=10)
-
-
-def _node_pid(spool: Path, job_id: int) -> int | None:
-    needle = f"ltxq.executors.slurm.node --spool {spool} --job {job_id}"
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if needle in cmd:
-            return int(pid)
-    return None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-from conftest import FAKE, Env, wait_for
+from conftest import FAKE, Env, node_pid, wait_for
 from test_slurm import cluster  # noqa: F401 - the fixture: skip (saying why) without a cluster
 
 from ltxq.executors.slurm import client as slurm
@@ -55,19 +55,6 @@ def _other_id(e: Env, job_id: int, first: str) -> str | None:
     """The Slurm id of job JOB_ID once it is not FIRST any more."""
     sid = _slurm_id(e, job_id)
     return sid if sid and sid != first else None
-
-
-def _entry_pid(spool: Path, job_id: int) -> int | None:
-    """The pid of the entry running job JOB_ID on the (local) node, if any."""
-    needle = f"ltxq.executors.slurm.node --spool {spool} --job {job_id}"
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if needle in cmd:
-            return int(pid)
-    return None
 
 
 def test_jobs_run_on_slurm_once_each_and_end_done_or_failed(senv: Env) -> None:
@@ -122,10 +109,10 @@ def test_preemption_requeues_and_resumes_and_a_killed_node_counts_an_attempt(sen
     wait_for(lambda: _other_id(senv, job_id, first), 120, "a second Slurm job")
     job = senv.job(job_id)
     assert job["attempts"] == 0, job                          # not the job's fault
-    wait_for(lambda: _entry_pid(senv.spool, job_id), 60, "the second run to start")
+    wait_for(lambda: node_pid(senv.spool, job_id), 60, "the second run to start")
     wait_for(lambda: len(senv.ran()) == 2 and (senv.job(job_id)["step"] or 0) > senv.ran()[1][1],
              120, "the second run to train")
-    os.kill(_entry_pid(senv.spool, job_id), signal.SIGKILL)   # node failure / OOM kill
+    os.kill(node_pid(senv.spool, job_id), signal.SIGKILL)   # node failure / OOM kill
     done = senv.wait_state(job_id, "done", timeout=240)
     assert done["attempts"] == 1 and done["step"] == 60, done
     starts = [step for j, step in senv.ran()]
