@@ -26,7 +26,7 @@ from ltxq.job import USER_JOB_KEYS, Job, JobMeta, job_from_dict
 from ltxq.spool import deps
 from ltxq.spool.claimindex import ClaimIndex
 from ltxq.spool.layout import LOOKUP, State, job_id_of
-from ltxq.spool.store import Invalid, Store, is_candidate
+from ltxq.spool.store import Invalid, Store, awaits_adoption
 
 ADOPT_PREFIX = "adopt-"
 STAGING_SAFE_AGE_S = 600.0   # staged work older than this belongs to a process that died
@@ -160,12 +160,6 @@ class Intake(Store):
 
     # --- hand-dropped files ----------------------------------------------------------------
 
-    def writable(self) -> bool:
-        """Return True if this process may adopt files and move broken ones (read commands on
-        a spool they cannot write only look)."""
-        return os.access(self.dir(State.PENDING), os.W_OK | os.X_OK) and os.access(
-            self.path, os.W_OK | os.X_OK)
-
     def before_scan(self) -> set[str]:
         """Adopt settled hand-dropped pending/ files first; return the names of pending/ copies
         of jobs in other folders that are still there (not settled yet, or locked)."""
@@ -174,8 +168,8 @@ class Intake(Store):
         if not self.writable():
             return copies
         for name in names:
-            if not is_candidate(name) or (job_id_of(name) is not None and name not in copies):
-                continue  # editor swap files, partial copies named .x.tmp; queued jobs
+            if not awaits_adoption(name, copies):
+                continue
             path = self.dir(State.PENDING) / name
             if name in copies:
                 self._take_in_copy(path)

@@ -160,9 +160,9 @@ class Store(Layout):
         out = []
         names = sorted(self.listing(State.PENDING))
         copies = self.copies(names)
-        writable = os.access(pending, os.W_OK) and os.access(self.dir("tmp"), os.W_OK)
+        writable = self.writable()
         for name in names:
-            if not is_candidate(name) or (job_id_of(name) is not None and name not in copies):
+            if not awaits_adoption(name, copies):
                 continue
             path = pending / name
             if not writable:
@@ -176,6 +176,12 @@ class Store(Layout):
                           else "not adopted yet")
             out.append(Dropped(path, name, reason))
         return out
+
+    def writable(self) -> bool:
+        """Return True if this process may adopt files and move broken ones (read commands on
+        a spool they cannot write only look)."""
+        return os.access(self.dir(State.PENDING), os.W_OK | os.X_OK) and os.access(
+            self.path, os.W_OK | os.X_OK)
 
     def copies(self, pending_names: Iterable[str]) -> set[str]:
         """Return those of PENDING_NAMES that name a job file in another folder too."""
@@ -251,8 +257,11 @@ class Store(Layout):
         return [Entry(st, path, job) for st, path, job in scanned.found], scanned.problems
 
 
-def is_candidate(name: str) -> bool:
-    """Return True if pending/NAME may be a job file (not an editor swap file or a partial
-    copy named .x.tmp)."""
-    return not name.startswith(".") and name.endswith(".toml")
+def awaits_adoption(name: str, copies: set[str]) -> bool:
+    """Return True if pending/NAME is a dropped file to adopt: named *.toml (not an editor swap
+    file or a partial copy named .x.tmp), and not a queued job (unless a copy of one in another
+    folder: COPIES)."""
+    if name.startswith(".") or not name.endswith(".toml"):
+        return False
+    return job_id_of(name) is None or name in copies
 

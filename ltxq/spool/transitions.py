@@ -97,12 +97,13 @@ class Transitions(Intake):
             job_id = names[name]
             if graph[job_id]:
                 cycle = find_cycle(job_id, graph.get)
-                why = ("dependency cycle: " + " -> ".join(map(str, cycle)) if cycle else
-                       parents_block(graph[job_id], state_of)[1])
+                waiting, why = parents_block(graph[job_id], state_of)
+                if cycle:
+                    why = "dependency cycle: " + " -> ".join(map(str, cycle))
                 if why is not None:
                     self._fail_pending(job_id, why, result.finished)
                     continue
-                if parents_block(graph[job_id], state_of)[0]:
+                if waiting:
                     continue
             claim = self._claim_one(job_id, worker, device)
             if claim is not None:
