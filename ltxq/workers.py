@@ -45,7 +45,7 @@ class Registration:
             self._info_path.parent.mkdir(exist_ok=True)
             self._lock.release()
             self._lock.acquire(timeout=5)
-        write_atomic(self._info_path, json.dumps(self._info) + "\n", self.spool.tmp_dir())
+        write_atomic(self._info_path, json.dumps(self._info) + "\n", self.spool.dir("tmp"))
 
     def stop(self) -> None:
         """Remove the info file, then release and remove the lock."""

@@ -81,7 +81,8 @@ class Actions(Transitions):
         taken = []
         control = self.dir("control")
         for name in self.listing("control"):
-            if not name.endswith(ENDED) or job_id_of(name.removesuffix(ENDED) + ".toml") is None:
+            job_id = job_id_of(name.removesuffix(ENDED) + ".toml")
+            if not name.endswith(ENDED) or job_id is None:
                 continue
             staged = self.tmp_dir() / f"{ENDED_PREFIX}{uuid.uuid4().hex[:8]}-{name}"
             try:
@@ -89,7 +90,7 @@ class Actions(Transitions):
             except FileNotFoundError:
                 continue  # another daemon took it
             try:
-                entry = self.get(int(name.removesuffix(ENDED)))
+                entry = self.get(job_id)
             except LtxqError:
                 entry = None
             staged.unlink(missing_ok=True)

@@ -142,7 +142,7 @@ class ClaimIndex:
             return
         path = self._tmp() / INDEX
         try:
-            write_atomic(path, json.dumps(self._entries), self.spool.tmp_dir(), durable=False)
+            write_atomic(path, json.dumps(self._entries), self._tmp(), durable=False)
             st = os.stat(path)
             self._index_key = (st.st_ino, st.st_mtime_ns)
         except OSError:

@@ -197,7 +197,7 @@ class Layout:
 
     def write_text(self, dest: Path, data: str | bytes) -> None:
         """Publish DATA at DEST atomically (staged in tmp/)."""
-        write_atomic(dest, data, self.tmp_dir())
+        write_atomic(dest, data, self.dir("tmp"))  # it makes tmp/ again if it was deleted
 
     def write_job(self, dest: Path, job: Job) -> None:
         """Publish JOB's file at DEST atomically."""
