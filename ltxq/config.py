@@ -9,14 +9,9 @@ one import path.
 
 from __future__ import annotations
 
-# job.py checks the [job] table with the same machinery as the sections.
-from ltxq.configs.fields import _checker as _checker
-from ltxq.configs.fields import _show as _show
+from ltxq.configs import DEFAULT_CAPTION_MODEL, DEFAULT_CAPTION_PROMPT, KINDS
 from ltxq.configs.kinds import (
-    DEFAULT_CAPTION_MODEL,
-    DEFAULT_CAPTION_PROMPT,
     KIND_SECTIONS,
-    KINDS,
     CaptionConfig,
     PreprocessConfig,
     parse_kind_sections,

@@ -11,26 +11,20 @@ import dataclasses
 import hashlib
 import json
 import re
-import tomllib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomli_w
 
-from ltxq.config import (
-    KINDS,
-    DataConfig,
-    ModelConfig,
-    TrainingConfig,
-    _checker,
-    _show,
-    parse_config,
-    parse_kind_sections,
-    preprocess_training_config,
-)
+from ltxq import tomlread
+from ltxq.configs import KINDS
+from ltxq.configs.fields import _checker, _show
 from ltxq.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ltxq.config import TrainingConfig
 
 # [job] keys a user may set in a submitted file; the rest are ltxq's bookkeeping.
 USER_JOB_KEYS = ("kind", "name", "priority", "max_attempts", "after", "on_finish")
@@ -137,7 +131,7 @@ class Job:
 def parse_job(text: str | bytes, *, file: Path | str | None = None,
               base_dir: Path | None = None, require_dataset_exists: bool = False) -> Job:
     """Parse and validate a job file's text; relative paths resolve against BASE_DIR."""
-    return job_from_dict(load_toml(text, file=file), file=file, base_dir=base_dir,
+    return _job_from_doc(load_toml(text, file=file), owned=True, file=file, base_dir=base_dir,
                          require_dataset_exists=require_dataset_exists)
 
 
@@ -153,8 +147,8 @@ def load_toml(data: bytes | str, *, file: Path | str | None = None) -> dict[str,
         raise ConfigError(f"invalid TOML: {deep} nested more than {MAX_TOML_NESTING} deep",
                           file=file)
     try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
+        return tomlread.loads(text)
+    except tomlread.TOMLDecodeError as e:
         raise ConfigError(f"invalid TOML: {e}", file=file) from None
     except RecursionError:  # a backstop: _too_deep already bounds what tomllib recurses on
         raise ConfigError("invalid TOML: nested too deep", file=file) from None
@@ -198,7 +192,15 @@ def _too_deep(text: str) -> str | None:
 
 def job_from_dict(doc: dict[str, Any], *, file: Path | str | None = None,
                   base_dir: Path | None = None, require_dataset_exists: bool = False) -> Job:
-    """Validate a TOML dict (training sections plus optional [job])."""
+    """Validate a TOML dict (training sections plus optional [job]); DOC is not changed."""
+    return _job_from_doc(doc, owned=False, file=file, base_dir=base_dir,
+                         require_dataset_exists=require_dataset_exists)
+
+
+def _job_from_doc(doc: dict[str, Any], *, owned: bool, file: Path | str | None,
+                  base_dir: Path | None, require_dataset_exists: bool) -> Job:
+    """Validate DOC; OWNED: nobody else holds DOC (fresh from the parser), so Job.raw may be
+    made of its tables instead of a deep copy (a tenth of a cold `status` was that copy)."""
     doc = dict(doc)
     try:
         meta = parse_meta(doc.pop("job", {}))
@@ -206,13 +208,30 @@ def job_from_dict(doc: dict[str, Any], *, file: Path | str | None = None,
                                    require_dataset_exists=require_dataset_exists)
     except ConfigError as e:
         raise e.with_file(file) if file else e from None
-    raw = _absolutize_raw(doc, config) if task is None else _absolutize_task(meta.kind, doc, task)
+    # Validated training sections hold only strings, numbers, booleans and lists of them, so
+    # a document of our own needs no copy; the paths are written into it.
+    raw = doc if owned else _plain_copy(doc)
+    if task is None:
+        _absolutize_raw(raw, config)
+    else:
+        _absolutize_task(meta.kind, raw, task)
     return Job(meta=meta, raw=raw, config=config, task=task)
 
 
 def _parse_kind(kind: str, doc: dict[str, Any], *, base_dir: Path | None = None,
                 require_dataset_exists: bool = False) -> tuple[TrainingConfig, Any]:
     """Validate DOC's sections for a job of KIND: (the generic training view, the task or None)."""
+    # The sections' dataclasses are a third of this module's import: status over cached jobs,
+    # cancel and friends never validate a training config, so they never pay for it.
+    from ltxq.config import (
+        DataConfig,
+        ModelConfig,
+        TrainingConfig,
+        parse_config,
+        parse_kind_sections,
+        preprocess_training_config,
+    )
+
     if kind == "train":
         return parse_config(doc, base_dir=base_dir,
                             require_dataset_exists=require_dataset_exists), None
@@ -225,16 +244,14 @@ def _parse_kind(kind: str, doc: dict[str, Any], *, base_dir: Path | None = None,
     return view, task
 
 
-def _absolutize_task(kind: str, doc: dict[str, Any], task: Any) -> dict[str, Any]:
-    """Copy DOC with the kind's resolved dataset and local model path written back."""
-    raw = _plain_copy(doc)
+def _absolutize_task(kind: str, raw: dict[str, Any], task: Any) -> None:
+    """Write the kind's resolved dataset and local model path back into RAW."""
     section = raw.setdefault(kind, {})
     section["dataset"] = task.dataset
     if "model" in section:
         section["model"] = task.model
     if kind == "preprocess" and section.get("base"):
         section["base"] = task.training.model.base
-    return raw
 
 
 def parse_meta(table: Any) -> JobMeta:
@@ -312,15 +329,13 @@ def dump_job(job: Job) -> str:
     return tomli_w.dumps({"job": meta, **job.raw})
 
 
-def _absolutize_raw(doc: dict[str, Any], config: TrainingConfig) -> dict[str, Any]:
-    """Copy DOC with the paths the config resolved written back, so the file is portable."""
-    raw = _plain_copy(doc)
+def _absolutize_raw(raw: dict[str, Any], config: TrainingConfig) -> None:
+    """Write the paths the config resolved back into RAW, so the file is portable."""
     raw.setdefault("data", {})["dataset"] = config.data.dataset
     if "output" in raw or config.output.root != "outputs":
         raw.setdefault("output", {})["root"] = config.output.root
     if "model" in raw and "source" in raw["model"]:
         raw["model"]["source"] = config.model.source
-    return raw
 
 
 def _plain_copy(value: Any) -> Any:

@@ -8,10 +8,10 @@ and the web form's comma-separated fields both go through `expand`. Values are T
 from __future__ import annotations
 
 import itertools
-import tomllib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ltxq import tomlread
 from ltxq.errors import ConfigError
 
 MAX_GRID = 256  # jobs one sweep may queue: a typo must not queue a million
@@ -20,8 +20,8 @@ MAX_GRID = 256  # jobs one sweep may queue: a typo must not queue a million
 def toml_value(text: str) -> Any:
     """Parse TEXT as a TOML value (10, 2e-4, true, ["a"]); else keep the text."""
     try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+        return tomlread.loads(f"v = {text}")["v"]
+    except tomlread.TOMLDecodeError:
         return text
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from ltxq.config import DEFAULT_CAPTION_MODEL, DEFAULT_CAPTION_PROMPT, parse_kind_sections
+from ltxq.configs import DEFAULT_CAPTION_MODEL, DEFAULT_CAPTION_PROMPT
 from ltxq.errors import ConfigError, LtxqError
 
 
@@ -43,6 +43,7 @@ def caption(dataset: Path, model: str, prompt: str, override: bool, fmt: str,
     Each caption is recorded as soon as it is made; Ctrl-C (or a kill) loses at most the clip
     in progress, and the same command continues where it stopped.
     """
+    from ltxq.config import parse_kind_sections
     from ltxq.daemon import pin_device
 
     if model.startswith((".", "/", "~")):

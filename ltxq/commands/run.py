@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from pathlib import Path
@@ -85,11 +84,11 @@ def daemon(spool: Spool, once: bool, exit_when_idle: bool, poll: float, device: 
 @pass_spool
 def workers(spool: Spool, as_json: bool) -> None:
     """List live daemons on this spool with their device, job and step."""
-    from ltxq.status.render import workers_table
+    from ltxq.status.render import json_array, workers_table
     from ltxq.workers import live_workers
 
     found = live_workers(spool)
-    click.echo(json.dumps(found, indent=2) if as_json else workers_table(found))
+    click.echo(json_array(found) if as_json else workers_table(found))
 
 
 

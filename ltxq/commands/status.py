@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from typing import Any
@@ -52,11 +51,11 @@ def status(spool: Spool, ids: tuple[int, ...], state: str | None, name: str | No
     The table folds old finished jobs and pending jobs beyond the next 20 to run into summary
     lines (--all shows every row); --json always lists every job.
     """
-    from ltxq.status.render import status_table
+    from ltxq.status.render import json_array, status_table
 
     def render() -> str:
         if as_json:
-            return json.dumps(_records(spool, list(ids), state, name), indent=2)
+            return json_array(_records(spool, list(ids), state, name))
         view = _view(spool, list(ids), state, name,
                      fold=not ids and state is None and not show_all)
         return status_table(view.records, paused=spool.paused, folded=view.folded)

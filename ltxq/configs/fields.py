@@ -50,31 +50,30 @@ _Check = Callable[[Any, str], Any]  # (value, key) -> the checked value, or Conf
 
 
 @functools.cache
-def _section_checks(cls: type, section: str) -> tuple[dict[str, dataclasses.Field],
-                                                      tuple[tuple[str, str, bool, _Check], ...]]:
-    """Return CLS's fields and, per field, (name, key, required, check), built once per run."""
+def _section_checks(cls: type, section: str) -> tuple[dict[str, tuple[str, _Check]],
+                                                      tuple[str, ...]]:
+    """Return CLS's (full key, check) per field name, and its required fields; built once."""
     hints, fields = _schema(cls)
-    checks = tuple(
-        (name, f"{section}.{name}",
-         f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-         and section != "data",
-         _checker(hints[name], f.metadata))
-        for name, f in fields.items())
-    return fields, checks
+    checks = {name: (f"{section}.{name}", _checker(hints[name], spec.metadata))
+              for name, spec in fields.items()}
+    required = tuple(name for name, f in fields.items()
+                     if f.default is dataclasses.MISSING
+                     and f.default_factory is dataclasses.MISSING and section != "data")
+    return checks, required
 
 
 def _parse_section(cls: type, table: dict[str, Any], section: str) -> Any:
-    fields, checks = _section_checks(cls, section)
-    for key in table:
-        if key not in fields:
-            raise ConfigError(f"unknown key (known: {', '.join(fields)})", key=f"{section}.{key}")
+    checks, required = _section_checks(cls, section)
     values = {}
-    for name, key, required, check in checks:
-        if name not in table:
-            if required:
-                raise ConfigError("is required", key=key)
-            continue
-        values[name] = check(table[name], key)
+    for name, value in table.items():  # a table sets a few of many fields: walk the table
+        spec = checks.get(name)
+        if spec is None:
+            raise ConfigError(f"unknown key (known: {', '.join(checks)})",
+                              key=f"{section}.{name}")
+        values[name] = spec[1](value, spec[0])
+    for name in required:
+        if name not in values:
+            raise ConfigError("is required", key=f"{section}.{name}")
     if section == "data" and "dataset" not in values:
         raise ConfigError("is required (the folder of training videos)", key=f"{section}.dataset")
     return cls(**values)

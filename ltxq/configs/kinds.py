@@ -11,14 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ltxq.configs import DEFAULT_CAPTION_MODEL, DEFAULT_CAPTION_PROMPT
 from ltxq.configs.fields import _check_str, _doc, _parse_section
 from ltxq.configs.parse import looks_like_local_path, parse_config
 from ltxq.configs.sections import DataConfig, ModelConfig, ResourcesConfig, TrainingConfig
 from ltxq.errors import ConfigError
-
-KINDS = ("train", "caption", "preprocess")
-DEFAULT_CAPTION_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
-DEFAULT_CAPTION_PROMPT = "Shortly describe the content of this video in two sentences."
 
 
 @dataclass(frozen=True)

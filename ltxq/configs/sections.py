@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import typing
 from collections.abc import Mapping
@@ -36,16 +37,24 @@ class Resolution:
     @classmethod
     def parse(cls, text: str) -> Resolution:
         """Parse "768x448x89"; sides multiples of 32, frames 8k+1 (1 for images)."""
-        m = _RESOLUTION.fullmatch(text)
-        if not m:
-            raise ValueError(f"expected WIDTHxHEIGHTxFRAMES such as 768x448x89, "
-                             f"got {_show(text)}")
-        w, h, f = (int(g) for g in m.groups())
-        if w <= 0 or h <= 0 or w % 32 or h % 32:
-            raise ValueError(f"width and height must be positive multiples of 32, got {w}x{h}")
-        if f < 1 or (f - 1) % 8:
-            raise ValueError(f"frames must be 8k+1 (1, 9, 17, 25, ...), got {f}")
-        return cls(w, h, f)
+        # Jobs name the same few buckets and status validates thousands of jobs: remember the
+        # short texts (a hostile megabyte of spaces is parsed, not kept).
+        return _parse_known(text) if len(text) <= 40 else _parse_resolution(text)
+
+
+def _parse_resolution(text: str) -> Resolution:
+    m = _RESOLUTION.fullmatch(text)
+    if not m:
+        raise ValueError(f"expected WIDTHxHEIGHTxFRAMES such as 768x448x89, got {_show(text)}")
+    w, h, f = (int(g) for g in m.groups())
+    if w <= 0 or h <= 0 or w % 32 or h % 32:
+        raise ValueError(f"width and height must be positive multiples of 32, got {w}x{h}")
+    if f < 1 or (f - 1) % 8:
+        raise ValueError(f"frames must be 8k+1 (1, 9, 17, 25, ...), got {f}")
+    return Resolution(w, h, f)
+
+
+_parse_known = functools.lru_cache(maxsize=256)(_parse_resolution)
 
 
 @dataclass(frozen=True)

@@ -79,8 +79,9 @@ class ClaimIndex:
             except FileNotFoundError:
                 continue
             cached = entries.get(name)
-            if (cached is not None and cached[0] == st.st_ino and cached[1] == st.st_mtime_ns
-                    and cached[2] == st.st_size and st.st_mtime_ns < recent and _valid(cached)):
+            if (cached is not None and _valid(cached) and cached[0] == st.st_ino
+                    and cached[1] == st.st_mtime_ns and cached[2] == st.st_size
+                    and st.st_mtime_ns < recent):
                 out[name] = Facts(cached[3], tuple(cached[4]))
                 continue
             facts = _read_facts(self.spool.dir(State.PENDING) / name)
@@ -151,9 +152,13 @@ class ClaimIndex:
 
 
 def _valid(entry: Any) -> bool:
-    return (isinstance(entry, list) and len(entry) == 5
-            and all(isinstance(v, int) for v in entry[:4]) and isinstance(entry[4], list)
-            and all(isinstance(v, int) for v in entry[4]))
+    # Exact types, no generators: status checks every entry of a 10,000-job pending/.
+    if type(entry) is not list or len(entry) != 5:
+        return False
+    ino, mtime, size, priority, after = entry
+    return (type(ino) is int and type(mtime) is int and type(size) is int
+            and type(priority) is int and type(after) is list
+            and (not after or all(type(v) is int for v in after)))
 
 
 def _read_facts(path: Path) -> Facts:

@@ -26,7 +26,7 @@ from ltxq.job import USER_JOB_KEYS, Job, JobMeta, job_from_dict
 from ltxq.spool import deps
 from ltxq.spool.claimindex import ClaimIndex
 from ltxq.spool.layout import LOOKUP, State, job_id_of
-from ltxq.spool.store import Invalid, Store, awaits_adoption
+from ltxq.spool.store import Invalid, Store, to_adopt
 
 ADOPT_PREFIX = "adopt-"
 STAGING_SAFE_AGE_S = 600.0   # staged work older than this belongs to a process that died
@@ -163,13 +163,10 @@ class Intake(Store):
     def before_scan(self) -> set[str]:
         """Adopt settled hand-dropped pending/ files first; return the names of pending/ copies
         of jobs in other folders that are still there (not settled yet, or locked)."""
-        names = self.listing(State.PENDING)
-        copies = self.copies(names)
+        copies = self.copies()
         if not self.writable():
             return copies
-        for name in names:
-            if not awaits_adoption(name, copies):
-                continue
+        for name in to_adopt(self.listing(State.PENDING), self.numbered(State.PENDING), copies):
             path = self.dir(State.PENDING) / name
             if name in copies:
                 self._take_in_copy(path)

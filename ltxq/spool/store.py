@@ -20,7 +20,6 @@ from ltxq.spool.layout import (
     LOOKUP,
     Layout,
     State,
-    job_id_of,
     parse_job_id,
     states,
 )
@@ -158,12 +157,9 @@ class Store(Layout):
         to be adopted, and copies of jobs that are in another folder."""
         pending = self.dir(State.PENDING)
         out = []
-        names = sorted(self.listing(State.PENDING))
-        copies = self.copies(names)
+        copies = self.copies()
         writable = self.writable()
-        for name in names:
-            if not awaits_adoption(name, copies):
-                continue
+        for name in to_adopt(self.listing(State.PENDING), self.numbered(State.PENDING), copies):
             path = pending / name
             if not writable:
                 reason = "cannot adopt: the spool is not writable for this user"
@@ -183,13 +179,13 @@ class Store(Layout):
         return os.access(self.dir(State.PENDING), os.W_OK | os.X_OK) and os.access(
             self.path, os.W_OK | os.X_OK)
 
-    def copies(self, pending_names: Iterable[str]) -> set[str]:
-        """Return those of PENDING_NAMES that name a job file in another folder too."""
-        numbered = {n for n in pending_names if job_id_of(n) is not None}
+    def copies(self) -> set[str]:
+        """Return the job file names in pending/ that name a job file in another folder too."""
+        numbered = self.numbered(State.PENDING).keys()
         copies: set[str] = set()
         if numbered:
             for st in LOOKUP[:-1]:
-                copies.update(numbered.intersection(self.numbered(st)))
+                copies.update(numbered & self.numbered(st).keys())
         return copies
 
     def scan_with(self, read: Callable[[Path, State], _T],
@@ -237,7 +233,7 @@ class Store(Layout):
 
     def before_scan(self) -> set[str]:
         """Return the names of pending/ copies of jobs in other folders (to leave out)."""
-        return self.copies(self.listing(State.PENDING))
+        return self.copies()
 
     def bad_job_file(self, path: Path, state: State, job_id: int,
                      error: ConfigError) -> Invalid | None:
@@ -257,11 +253,10 @@ class Store(Layout):
         return [Entry(st, path, job) for st, path, job in scanned.found], scanned.problems
 
 
-def awaits_adoption(name: str, copies: set[str]) -> bool:
-    """Return True if pending/NAME is a dropped file to adopt: named *.toml (not an editor swap
-    file or a partial copy named .x.tmp), and not a queued job (unless a copy of one in another
-    folder: COPIES)."""
-    if name.startswith(".") or not name.endswith(".toml"):
-        return False
-    return job_id_of(name) is None or name in copies
+def to_adopt(names: Iterable[str], numbered: dict[str, int], copies: set[str]) -> list[str]:
+    """Return, sorted, the dropped files to adopt among NAMES (pending/'s listing; NUMBERED
+    its job files): those named *.toml (not an editor swap file or a partial copy named
+    .x.tmp) that are not a queued job, unless a copy of one in another folder (COPIES)."""
+    candidates = set(names).difference(numbered).union(copies)
+    return sorted(n for n in candidates if n.endswith(".toml") and not n.startswith("."))
 

@@ -117,7 +117,7 @@ class Transitions(Intake):
     def next_pending(self, count: int) -> list[int]:
         """Return the ids of the COUNT pending jobs that run first (priority, then id; `after`
         not considered), from the claim index: a stat per pending file, no parse."""
-        names, facts = self._pending_facts(self.copies(self.listing(State.PENDING)))
+        names, facts = self._pending_facts(self.copies())
         first = heapq.nsmallest(count, facts, key=lambda n: run_order(facts[n].priority, names[n]))
         return [names[n] for n in first]
 

@@ -39,7 +39,7 @@ def job_facts(job: Job) -> dict[str, Any]:
         "slurm_job_id": meta.slurm_job_id, "step": meta.step,
         # Another kind's total (clips, files) is known once it runs: its progress line says.
         "total_steps": config.optimization.steps if job.kind == "train" else None,
-        "output_dir": str(job.output_dir()),
+        "output_dir": meta.output_dir or str(job.output_dir()),  # (a Path costs, at 10,000)
         "checkpoint": meta.checkpoint, "validation_sample": meta.validation_sample,
         "peak_memory_gib": meta.peak_memory_gib, "error": meta.error,
     }

@@ -14,11 +14,11 @@ import json
 import os
 import signal
 import sys
-import tomllib
 import traceback
 from pathlib import Path
 from typing import Any
 
+from ltxq import tomlread
 from ltxq.config import parse_config
 from ltxq.errors import TrainingError
 from ltxq.run import TrainResult
@@ -115,7 +115,7 @@ def _train(control: Control, rank: int, local_rank: int, count: int) -> TrainRes
     from ltxq.trainer.loop import train
 
     spec = json.loads(control.launch.read_text())
-    config = parse_config(tomllib.loads(control.config.read_text()))
+    config = parse_config(tomlread.loads(control.config.read_text()))
     device = rank_device(spec["device"], local_rank, count)
     run = RankRun(control, rank, Path(spec["output_dir"]), str(device), spec["job_id"])
     ranks = ProcessGroupRanks.start(device)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
+from ltxq import tomlread
 from ltxq.errors import JobNotFound, LtxqError
 from ltxq.metrics import METRICS, SAMPLES, read_lines
 from ltxq.spool import Spool
@@ -184,8 +184,8 @@ def flat_config(spool: Spool, job_id: int) -> dict[str, Any]:
     """Return a job file's training keys flattened (section.key -> value), [job] left out."""
     entry = spool.get(job_id)
     try:
-        doc = tomllib.loads(entry.path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
+        doc = tomlread.loads(entry.path.read_text())
+    except (OSError, tomlread.TOMLDecodeError) as e:
         raise LtxqError(f"cannot read job {job_id}: {e}") from None
     flat: dict[str, Any] = {}
     for section, table in doc.items():

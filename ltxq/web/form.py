@@ -4,11 +4,11 @@ read back into overrides and a grid of jobs, validated by the same code as `ltxq
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ltxq import tomlread
 from ltxq.config import describe_fields
 from ltxq.errors import ConfigError
 from ltxq.job import Job, check_name
@@ -94,8 +94,8 @@ def submit_form(spool: Spool, form: dict[str, str], pasted: str, dataset: Path |
     """Validate the form (and a pasted TOML) into jobs and queue them all, or none."""
     out = Outcome()
     try:
-        doc = tomllib.loads(pasted) if pasted.strip() else {}
-    except tomllib.TOMLDecodeError as e:
+        doc = tomlread.loads(pasted) if pasted.strip() else {}
+    except tomlread.TOMLDecodeError as e:
         out.errors["toml"] = f"not valid TOML: {e}"
         return out
     try:
