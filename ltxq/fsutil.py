@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
-import tempfile
 import time
 from pathlib import Path
 from typing import Self
@@ -42,6 +41,8 @@ def write_atomic(dest: Path, data: str | bytes, tmp_dir: Path, *, durable: bool 
     DEST, then DEST's folder fsynced. DURABLE=False skips both fsyncs (caches: a file torn by a
     power cut is only a miss).
     """
+    import tempfile  # here: status and friends load this module without writing a file
+
     if isinstance(data, str):
         data = data.encode("utf-8")
     try:

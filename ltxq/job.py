@@ -8,7 +8,6 @@ validated, typed view with every default filled in.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -113,6 +112,7 @@ class Job:
 
         Only the config: [job] (name, priority, key...) never makes two jobs different.
         """
+        import hashlib  # submit --unique and the web form's duplicate check only
         if self.task is not None:  # another kind: its own section, and the kind
             text = json.dumps([self.kind, dataclasses.asdict(self.task)], sort_keys=True)
             return hashlib.sha256(text.encode()).hexdigest()[:16]

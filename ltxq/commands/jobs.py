@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import subprocess
 import sys
 import time
 from datetime import timedelta
@@ -130,6 +129,8 @@ def edit(spool: Spool, job_id: int) -> None:
     copy = spool.dir("tmp") / f"edit-{stem(job_id)}-{os.getpid()}.toml"
     copy.write_bytes(original)
     editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    import subprocess  # only `edit` runs a program
+
     rc = subprocess.call([*shlex.split(editor), str(copy)])
     if rc != 0:
         raise LtxqError(f"the editor exited with status {rc}; job {job_id} unchanged "

@@ -10,7 +10,6 @@ recorded process still runs. (On another host only the lock can tell: README war
 from __future__ import annotations
 
 import os
-import socket
 from functools import cache
 
 
@@ -49,6 +48,8 @@ def owner_alive(worker: str | None, worker_start: str | None) -> bool:
     if not worker or not worker_start:
         return False
     host, _, pid = worker.rpartition(":")
+    import socket  # (a few ms every status would pay)
+
     if host != socket.gethostname() or not pid.isdigit():
         return False
     return process_start(int(pid)) == worker_start
