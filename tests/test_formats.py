@@ -16,8 +16,8 @@ from test_trainer_support import RecordingRun, fit_clean, make_config, random_sa
 from ltxq.config import parse_config
 from ltxq.errors import ConfigError, TrainingError
 from ltxq.trainer.demo_data import write_mp4
-from ltxq.trainer.loop import Batch, Dataset, Geometry, training_loss
 from ltxq.trainer.models import Components, build_tiny_random, load_components, make_pipeline
+from ltxq.trainer.objective import Batch, Dataset, Geometry, training_loss
 from ltxq.trainer.preprocess import prepare, prepare_dataset
 
 BUCKET = "32x32x9"

@@ -16,9 +16,9 @@ from ltxq.errors import TrainingError
 from ltxq.run import Outcome
 from ltxq.trainer import checkpoint as ckpt
 from ltxq.trainer.export import LORA_FILE
-from ltxq.trainer.loop import Batch, Geometry, training_loss
 from ltxq.trainer.lora import add_lora, remove_lora
 from ltxq.trainer.models import Components, build_tiny_random
+from ltxq.trainer.objective import Batch, Geometry, training_loss
 from ltxq.trainer.sampling import DataOrder, sample_sigmas, shift_for_sequence_length
 from ltxq.trainer.schedule import lr_factor
 
