@@ -15,7 +15,7 @@ the next 20 to run and folds the rest, ordering them from the spool's claim inde
 Targets (issue 5): status at 10,000 jobs within 10x the floor (also with 10,000 pending),
 `status --json --state all` under 2 s, submit within 8x.
 
-    .venv/bin/python bench/bench_cli.py [--sizes 10,1000,10000] [--repeat 7]
+    .venv/bin/python bench/bench_cli.py [--sizes 10,1000,10000] [--repeat 7] [--before TREE]
 """
 
 from __future__ import annotations
@@ -116,12 +116,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10,1000,10000")
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--before", metavar="TREE",
+                        help="also time every command with the ltxq package of TREE (e.g. a "
+                             "`git worktree` of an older commit), alternating, on the same spools")
     args = parser.parse_args()
     ltxq = [sys.executable, "-m", "ltxq"]
     print(f"command-line cost, median of {args.repeat} runs, ratio to `python -c pass`, "
           f"{cpus()} CPUs")
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
+        # `python -m ltxq` puts the working directory first on sys.path: run from a folder
+        # without an ltxq package, so that --before's PYTHONPATH decides which one loads.
+        os.chdir(tmp_path)
         dataset = tmp_path / "data"
         dataset.mkdir()
         job_file = tmp_path / "job.toml"
@@ -139,18 +145,23 @@ def main() -> None:
                 "status, all jobs pending": [*ltxq, "--spool", str(backlog), "status"],
                 "submit": [*ltxq, "--spool", str(spool_dir), "submit", str(job_file)],
             }
-            floor, results = [], {name: [] for name in commands}
+            trees = {"": env}
+            if args.before:
+                trees[" [before]"] = {**env, "PYTHONPATH": str(Path(args.before).resolve())}
+            floor = []
+            results: dict[str, list[float]] = {name + tag: [] for name in commands for tag in trees}
             for _ in range(args.repeat):
                 floor.append(timed([sys.executable, "-c", "pass"], env))
                 for name, cmd in commands.items():
-                    if "cold" in name:
-                        drop_caches(spool_dir)
-                    results[name].append(timed(cmd, env))
+                    for tag, tree_env in trees.items():
+                        if "cold" in name:
+                            drop_caches(spool_dir)
+                        results[name + tag].append(timed(cmd, tree_env))
             base = statistics.median(floor)
             print(f"\n{size:>6} jobs   python -c pass          {base * 1000:8.1f} ms")
             for name, times in results.items():
                 med = statistics.median(times)
-                torch = imports_torch(commands[name][3:], env)
+                torch = imports_torch(commands[name.removesuffix(" [before]")][3:], env)
                 verdict = target(name, med, base) if size >= 10_000 else ""
                 print(f"{'':13}{name:<26}{med * 1000:8.1f} ms  x{med / base:6.1f}"
                       f"{'  IMPORTS TORCH' if torch else ''}{verdict}")
