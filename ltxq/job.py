@@ -200,7 +200,7 @@ def job_from_dict(doc: dict[str, Any], *, file: Path | str | None = None,
 def _job_from_doc(doc: dict[str, Any], *, owned: bool, file: Path | str | None,
                   base_dir: Path | None, require_dataset_exists: bool) -> Job:
     """Validate DOC; OWNED: nobody else holds DOC (fresh from the parser), so Job.raw may be
-    made of its tables instead of a deep copy (a tenth of a cold `status` was that copy)."""
+    made of its tables instead of a deep copy (6% of a cold `status` was that copy)."""
     doc = dict(doc)
     try:
         meta = parse_meta(doc.pop("job", {}))
