@@ -156,10 +156,10 @@ def load_toml(data: bytes | str, *, file: Path | str | None = None) -> dict[str,
 
 # One part of a dotted key: bare, "basic" or 'literal'.
 _KEY_PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"|'[^'\n]*')"""
-_KEY_PARTS = re.compile(_KEY_PART)
 # What nests in TOML text: brackets and dotted keys. Strings and comments are matched whole,
-# so the brackets and dots inside them are skipped.
-_NESTING = re.compile(r'''
+# so the brackets and dots inside them are skipped. Kept as text: only a file with many
+# brackets or dots needs it, and `re` compiles it then (and keeps it), not at every import.
+_NESTING = (r'''
       """(?:[^"\\]|\\[\s\S]|"(?!""))*""""{0,2}     # multi-line basic string
     | '\''[\s\S]*?'\'''{0,2}                     # multi-line literal string
     | (?P<chain>{part}(?:[ \t]*\.[ \t]*{part})+)  # a dotted key (or a float: one dot)
@@ -168,7 +168,7 @@ _NESTING = re.compile(r'''
     | \#[^\n]*                                    # comment
     | (?P<open>[\[{{])
     | (?P<close>[\]}}])
-'''.replace("{part}", _KEY_PART).replace("{{", "{").replace("}}", "}"), re.VERBOSE)
+'''.replace("{part}", _KEY_PART).replace("{{", "{").replace("}}", "}"))
 
 
 def _too_deep(text: str) -> str | None:
@@ -178,14 +178,14 @@ def _too_deep(text: str) -> str | None:
     if text.count("[") + text.count("{") <= limit and text.count(".") < limit:
         return None
     depth = 0
-    for m in _NESTING.finditer(text):
+    for m in re.finditer(_NESTING, text, re.VERBOSE):
         if m["open"]:
             depth += 1
             if depth > limit:
                 return "brackets"
         elif m["close"]:
             depth = max(depth - 1, 0)
-        elif m["chain"] and len(_KEY_PARTS.findall(m["chain"])) > limit:
+        elif m["chain"] and len(re.findall(_KEY_PART, m["chain"])) > limit:
             return "a dotted key"
     return None
 

@@ -5,9 +5,7 @@ Nothing heavy at import: torch and transformers load when a caption actually run
 
 from __future__ import annotations
 
-import hashlib
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,6 +56,8 @@ def caption(dataset: Path, model: str, prompt: str, override: bool, fmt: str,
 
 
 def _run_foreground(config: Any, device: str | None) -> int:
+    import signal
+
     from tqdm import tqdm
 
     from ltxq.caption.runner import caption_dataset, seconds_per_clip
@@ -101,6 +101,8 @@ def _run_foreground(config: Any, device: str | None) -> int:
 
 def _run_id(config: Any) -> str:
     """Name an --override run by its settings, so the same command continues it."""
+    import hashlib  # (every command loads this module for its options: keep it light)
+
     text = json.dumps([config.model, config.prompt, config.format, config.max_new_tokens,
                        config.fps, config.max_frames])
     return "cli-" + hashlib.sha256(text.encode()).hexdigest()[:16]
