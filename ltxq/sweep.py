@@ -11,17 +11,21 @@ import itertools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ltxq import tomlread
 from ltxq.errors import ConfigError
+from ltxq.job import load_toml
 
 MAX_GRID = 256  # jobs one sweep may queue: a typo must not queue a million
 
 
 def toml_value(text: str) -> Any:
-    """Parse TEXT as a TOML value (10, 2e-4, true, ["a"]); else keep the text."""
+    """Parse TEXT as a TOML value (10, 2e-4, true, ["a"]); else keep the text.
+
+    Through the job file's guarded parser: a value nested thousands deep is kept as text (and
+    refused by the config's type check), never a RecursionError.
+    """
     try:
-        return tomlread.loads(f"v = {text}")["v"]
-    except tomlread.TOMLDecodeError:
+        return load_toml(f"v = {text}")["v"]
+    except ConfigError:
         return text
 
 

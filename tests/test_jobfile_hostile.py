@@ -21,6 +21,7 @@ from ltxq.job import (
     load_toml,
     parse_job,
 )
+from ltxq.sweep import parse_sweep, toml_value
 
 DATA = {"data": {"dataset": "/clips", "resolution": "64x64x9"},
         "validation": {"video": "64x64x9"}}
@@ -108,6 +109,16 @@ def test_deep_nesting_is_invalid_toml_in_one_line(text: str, what: str) -> None:
     assert time.monotonic() - start < 5.0  # a guard against the quadratic parse, not a benchmark
     assert str(info.value) == (f"deep.toml: invalid TOML: {what} nested more than "
                                f"{MAX_TOML_NESTING} deep")
+
+
+def test_a_deep_value_given_on_the_command_line_or_the_form_stays_text() -> None:
+    """--set, --sweep and the web form's fields parse values as TOML through the guarded
+    parser: a value nested 100,000 deep stays text (the config's type check refuses it in one
+    line), never a RecursionError."""
+    deep = "[" * DEEP
+    assert toml_value(deep) == deep
+    assert parse_sweep(f"lora.rank={deep}") == ("lora.rank", [deep])
+    assert toml_value("[1, 2]") == [1, 2]
 
 
 @pytest.mark.parametrize("text", [

@@ -9,7 +9,6 @@ from typing import Any
 
 import click
 
-from ltxq.errors import ConfigError
 from ltxq.spool import Spool, State
 
 STATE_CHOICES = [str(s) for s in State] + ["all"]
@@ -33,16 +32,6 @@ def pass_spool(f: Callable[..., Any]) -> Callable[..., Any]:
         return f(spool, *args, **kwargs)
 
     return with_spool
-
-
-def toml_value(text: str) -> Any:
-    """Parse VALUE of --set KEY=VALUE as TOML (10, 2e-4, true, ["a"]); else keep the text."""
-    from ltxq.job import load_toml
-
-    try:
-        return load_toml(f"v = {text}")["v"]
-    except ConfigError:
-        return text
 
 
 def parse_ids(values: tuple[str, ...]) -> list[int]:

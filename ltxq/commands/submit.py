@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ltxq.commands.common import parse_ids, pass_spool, toml_value
+from ltxq.commands.common import parse_ids, pass_spool
 from ltxq.spool import Spool
 
 
@@ -56,6 +56,8 @@ def submit(spool: Spool, configs: tuple[Path, ...], sets: tuple[str, ...],
     Give CONFIG.toml files, or the flag form: --dataset DIR --steps N --learning-rate LR
     --validation-prompt TEXT [--rank R] [--model SOURCE] [--resolution WxHxF].
     """
+    from ltxq.sweep import toml_value
+
     overrides: dict[str, Any] = {}
     flags = {"data.dataset": str(dataset.absolute()) if dataset else None,
              "optimization.steps": steps, "optimization.learning_rate": learning_rate,
