@@ -4,7 +4,8 @@ Every field carries its documentation in `metadata["doc"]`; `parse_config` turns
 dict into a `TrainingConfig`, refusing unknown keys, wrong types and out-of-range values
 with a `ConfigError` that names the key (`optimization.steps`). The queue validates with it
 on submit, the trainer reads it. It lives in ltxq.configs, by concern; this module is its
-one import path.
+one import path, except for what modules every command loads take without the sections'
+dataclasses: the constants in ltxq.configs, and job.py's checks of the [job] table.
 """
 
 from __future__ import annotations

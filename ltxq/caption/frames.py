@@ -18,10 +18,11 @@ import numpy as np
 
 from ltxq.trainer.media import (
     IMAGE_EXTENSIONS,
-    VIDEO_EXTENSIONS,
     MediaError,
     _first_line,
     _to_rgb,
+    check_not_empty,
+    open_reader,
     read_frames,
 )
 
@@ -88,18 +89,11 @@ def _spread(total: int, count: int) -> list[int]:
 
 
 def _sample_video(path: Path, fps: float, max_frames: int) -> tuple[np.ndarray, float]:
-    import imageio.v2 as iio
-
-    try:
-        if path.stat().st_size == 0:
-            raise MediaError("empty file (0 bytes)")
-    except OSError as e:
-        raise MediaError(f"unreadable ({e.strerror or e})") from None
+    check_not_empty(path)
     kept: list[np.ndarray] = []
     first: list[np.ndarray] = []   # every frame of a short clip (fewer than MIN_FRAMES kept)
     try:
-        fmt = "FFMPEG" if path.suffix.lower() in VIDEO_EXTENSIONS else None
-        reader = iio.get_reader(path, format=fmt) if fmt else iio.get_reader(path)
+        reader = open_reader(path)
         try:
             source_fps = _source_fps(reader.get_meta_data())
             picker = _Picker(source_fps, fps, max_frames)

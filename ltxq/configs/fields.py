@@ -3,7 +3,8 @@
 A field is a dataclass field whose metadata holds its doc and rules (`_doc`); the check of a
 value is built once per (type, rules) (`_checker`); `_parse_section` turns one TOML table into
 its section, refusing unknown keys, with a ConfigError that names the key. The underscore
-names are this package's own, shared by its modules; the API is ltxq.config.
+names are this package's own, shared by its modules (and job.py, which checks the [job]
+table with them); the API is ltxq.config.
 """
 
 from __future__ import annotations

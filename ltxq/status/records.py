@@ -116,8 +116,6 @@ def dropped_record(item: Dropped) -> dict[str, Any]:
             "reason": item.reason}
 
 
-
-
 @dataclasses.dataclass
 class StatusView:
     """What `status` shows: records (jobs by id, then problem files) and folded counts."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,23 +35,36 @@ def is_media(path: Path) -> bool:
     return path.suffix.lower() in MEDIA_EXTENSIONS
 
 
-def read_frames(path: Path, max_frames: int) -> np.ndarray:
-    """Decode at most MAX_FRAMES frames of PATH as uint8 RGB [F, H, W, 3]."""
-    import imageio.v2 as iio
-
-    suffix = path.suffix.lower()
-    frames: list[np.ndarray] = []
+def check_not_empty(path: Path) -> None:
+    """MediaError if PATH is empty or cannot be stat'ed (decoders say worse things of those)."""
     try:
         if path.stat().st_size == 0:
             raise MediaError("empty file (0 bytes)")
     except OSError as e:
         raise MediaError(f"unreadable ({e.strerror or e})") from None
+
+
+def open_reader(path: Path) -> Any:
+    """Open an imageio reader of a video (ffmpeg) or animated image (imageio's choice, Pillow
+    for GIFs); the caller closes it."""
+    import imageio.v2 as iio
+
+    if path.suffix.lower() in VIDEO_EXTENSIONS:
+        return iio.get_reader(path, format="FFMPEG")
+    return iio.get_reader(path)
+
+
+def read_frames(path: Path, max_frames: int) -> np.ndarray:
+    """Decode at most MAX_FRAMES frames of PATH as uint8 RGB [F, H, W, 3]."""
+    import imageio.v2 as iio
+
+    frames: list[np.ndarray] = []
+    check_not_empty(path)
     try:
-        if suffix in IMAGE_EXTENSIONS:
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
             frames.append(iio.imread(path))
         else:
-            plugin = "FFMPEG" if suffix in VIDEO_EXTENSIONS else None
-            reader = iio.get_reader(path, format=plugin) if plugin else iio.get_reader(path)
+            reader = open_reader(path)
             try:
                 for frame in reader:
                     frames.append(np.asarray(frame))
@@ -67,14 +81,10 @@ def read_frames(path: Path, max_frames: int) -> np.ndarray:
 
 def frame_rate_of(path: Path) -> float | None:
     """Return the frame rate PATH's container states (videos, animated GIFs), else None."""
-    import imageio.v2 as iio
-
-    suffix = path.suffix.lower()
-    if suffix in IMAGE_EXTENSIONS:
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
         return None
     try:
-        plugin = "FFMPEG" if suffix in VIDEO_EXTENSIONS else None
-        reader = iio.get_reader(path, format=plugin) if plugin else iio.get_reader(path)
+        reader = open_reader(path)
         try:
             meta = reader.get_meta_data()
         finally:
