@@ -100,6 +100,22 @@ class Env:
         (bad / "FAIL").write_text(error)
         return self.config(name, dataset="bad", steps=steps)
 
+    def modules_loaded(self, args: list[str], modules: tuple[str, ...]) -> list[str]:
+        """Run `ltxq ARGS` in a fresh interpreter; return which of MODULES it imported."""
+        code = ("import json, sys\n"
+                "from ltxq.cli import cli\n"
+                "try:\n"
+                "    cli.main(sys.argv[2:], prog_name='ltxq', standalone_mode=False)\n"
+                "except SystemExit:\n"
+                "    pass\n"
+                "print(json.dumps([m for m in json.loads(sys.argv[1]) if m in sys.modules]))\n")
+        p = subprocess.run([sys.executable, "-c", code, json.dumps(modules), *args],
+                           cwd=self.root, env=self.env, capture_output=True, text=True,
+                           check=False, timeout=120)
+        if p.returncode != 0 or not p.stdout.strip():
+            raise AssertionError(f"ltxq {' '.join(args)} -> {p.returncode}\n{p.stderr}")
+        return json.loads(p.stdout.strip().splitlines()[-1])
+
     def run(self, *args: str, check: bool = True, input: str | None = None,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """Run `ltxq ARGS` in a subprocess; check=True expects exit 0."""

@@ -84,17 +84,18 @@ async def clear(request: Request) -> Response:
 
 @action
 async def pause(request: Request) -> Response:
-    try:
-        await run_in_threadpool(context(request).spool.pause)
-    except LtxqError as e:
-        return failure(request, e)
-    return message(request, "paused: daemons claim no new jobs")
+    return await _set_paused(request, True)
 
 
 @action
 async def unpause(request: Request) -> Response:
+    return await _set_paused(request, False)
+
+
+async def _set_paused(request: Request, paused: bool) -> Response:
+    spool = context(request).spool
     try:
-        await run_in_threadpool(context(request).spool.unpause)
+        await run_in_threadpool(spool.pause if paused else spool.unpause)
     except LtxqError as e:
         return failure(request, e)
-    return message(request, "unpaused")
+    return message(request, "paused: daemons claim no new jobs" if paused else "unpaused")
