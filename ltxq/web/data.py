@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ltxq import tomlread
 from ltxq.errors import JobNotFound, LtxqError
 from ltxq.metrics import METRICS, SAMPLES, read_lines
 from ltxq.spool import Spool
@@ -181,15 +180,14 @@ def log_tail(spool: Spool, job_id: int, offset: int | None = None) -> tuple[str,
 
 
 def flat_config(spool: Spool, job_id: int) -> dict[str, Any]:
-    """Return a job file's training keys flattened (section.key -> value), [job] left out."""
-    entry = spool.get(job_id)
-    try:
-        doc = tomlread.loads(entry.path.read_text())
-    except (OSError, tomlread.TOMLDecodeError) as e:
-        raise LtxqError(f"cannot read job {job_id}: {e}") from None
+    """Return a job file's training keys flattened (section.key -> value), [job] left out.
+
+    From the job `spool.get` already read and validated (its sections as written, paths made
+    absolute), not a second, unguarded read of the file.
+    """
     flat: dict[str, Any] = {}
-    for section, table in doc.items():
-        if section == "job" or not isinstance(table, dict):
+    for section, table in spool.get(job_id).job.raw.items():
+        if not isinstance(table, dict):
             continue
         for key, value in table.items():
             flat[f"{section}.{key}"] = value
